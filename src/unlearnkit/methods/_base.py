@@ -1,0 +1,91 @@
+"""The method contract.
+
+A method is a registered `@dataclass` whose fields are its hyperparameters, with one verb:
+
+    unlearn(model, data, task, accelerator=None) -> model
+
+`unlearn` may update `model` in place (large models are not copied) and returns the unlearned model; keep a copy if
+you need the original. Diagnostics are stored in attributes ending in `_` (e.g. `losses_`), never in fields.
+
+Gradient methods subclass `GradientMethod` (the shared optimisation hyperparameters plus an `unlearn` that runs THE
+loop) and define only `loss`. One-shot methods (SSD, JiT, influence, ...) implement `unlearn` themselves. There is
+no inheritance between methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .._registry import METHODS
+from ..config import validate
+from ._loop import LoopParams, run_loop
+
+TASK_KINDS = ("classifier", "causal_lm")
+
+
+def register_method(name: str, *, paper: str, tasks: Sequence[str] = TASK_KINDS, kind: str | None = None):
+    """Register a method class under `name`. Capability tags (used by `unlearnkit list methods`, the conformance
+    suite and the pipelines) are derived from the class: `kind` (gradient | one_shot; a subclass of GradientMethod
+    is "gradient" unless `kind` says otherwise), `tasks`, `uses` (which data sets it reads), `needs_retain`,
+    `needs_reference`."""
+
+    def deco(cls):
+        uses = tuple(getattr(cls, "uses", ("forget",)))
+        tags = {
+            "paper": paper,
+            "tasks": tuple(tasks),
+            "kind": kind or ("gradient" if issubclass(cls, GradientMethod) else "one_shot"),
+            "uses": uses,
+            "needs_retain": "retain" in uses,
+            "needs_reference": bool(getattr(cls, "needs_reference", False)),
+        }
+        cls.capabilities = tags
+        return METHODS.register(name, **tags)(cls)
+
+    return deco
+
+
+def check_data(method: Any, data: Any) -> None:
+    """Fail early, before any training, when a data set the method reads is missing or empty."""
+    for which in getattr(method, "uses", ("forget",)):
+        ds = getattr(data, which, None)
+        if ds is None or len(ds) == 0:
+            raise ValueError(f"method '{method.registry_name}' needs a non-empty {which} set (data.{which} is "
+                             f"{'missing' if ds is None else 'empty'})")
+
+
+@dataclass
+class GradientMethod(LoopParams):
+    """Shared `unlearn` of gradient methods: validate, then run the loop on `self.loss`."""
+
+    uses: ClassVar[tuple[str, ...]] = ("forget",)
+    pairing: ClassVar[str] = "forget"  # which data set defines an epoch (see _loop.py)
+    needs_reference: ClassVar[bool] = False
+
+    def loss(self, task: Any, model: nn.Module, forget: Any, retain: Any,
+             frozen: Mapping[str, nn.Module]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def frozen_models(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Frozen copies the loss needs (reference / teacher), built from the model before unlearning."""
+        return {}
+
+    def unlearn(self, model: nn.Module, data: Any, task: Any, accelerator: Any = None) -> nn.Module:
+        validate(self, where=f"method.{self.registry_name}")
+        check_data(self, data)
+        result = run_loop(
+            model, partial(self.loss, task), self,
+            forget=data.forget if "forget" in self.uses else None,
+            retain=data.retain if "retain" in self.uses else None,
+            pairing=self.pairing, frozen=self.frozen_models(model), accelerator=accelerator,
+            desc=self.registry_name,
+        )
+        self.losses_ = result.losses
+        self.steps_ = result.steps
+        return result.model

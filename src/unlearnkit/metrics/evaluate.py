@@ -1,0 +1,70 @@
+"""Evaluate a model once, score it with many metrics.
+
+`collect_outputs` runs ONE batched forward pass per split (forget / retain / test) and keeps logits and labels as
+numpy arrays. Every registered metric then reads those outputs: a metric is `fn(ev, ref=None) -> dict[str, float]`
+where `ev` is the `Evaluation` of the model under test and `ref` that of the retrained gold standard. Metrics tagged
+`needs_reference=True` run after the per-model ones and may read both models' values (ToW needs the retrained model's
+accuracies). Asking for such a metric without a reference is an error, never a silent number (evaluation.md R2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .._registry import METRICS
+
+SPLITS = ("forget", "retain", "test")
+
+
+@dataclass
+class Evaluation:
+    """Logits [N, C] and labels [N] per split, and the metric values computed so far."""
+
+    logits: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    forget_classes: tuple[int, ...] = ()
+    values: dict[str, float] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Any, task: Any, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, labels) of a whole data set, batched, in evaluation mode (the model's mode is restored)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    logits, labels = [], []
+    try:
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            batch = [t.to(device) for t in batch]
+            logits.append(task.logits(model, batch).float().cpu())
+            labels.append(task.labels(batch).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def collect_outputs(model: nn.Module, data: Any, task: Any, *, batch_size: int = 512,
+                    splits: Sequence[str] = SPLITS) -> Evaluation:
+    """Predictions of `model` on each split of `data` (an `UnlearnData`)."""
+    logits, labels = {}, {}
+    for name in splits:
+        logits[name], labels[name] = predict(model, getattr(data, name), task, batch_size)
+    return Evaluation(logits, labels, tuple(getattr(data, "forget_classes", ())))
+
+
+def evaluate(ev: Evaluation, metrics: Iterable[str], ref: Evaluation | None = None) -> dict[str, float]:
+    """Run the named metrics on `ev` (per-model ones first, then retrain-referenced ones) and return all values."""
+    names = list(metrics)
+    entries = [METRICS.get(n) for n in names]  # unknown names fail here, before any work
+    for entry in sorted(entries, key=lambda e: bool(e.tags.get("needs_reference"))):
+        if entry.tags.get("needs_reference") and ref is None:
+            raise ValueError(f"metric '{entry.name}' compares with the retrained model: pass ref=")
+        ev.values.update(entry.obj(ev, ref))
+    return dict(ev.values)

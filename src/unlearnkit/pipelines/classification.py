@@ -1,0 +1,276 @@
+"""Classifier unlearning benchmark (the embedded `digits` benchmark; the vision suite reuses it).
+
+    validate everything (config, methods, metrics, splits)       # errors here, before any training or any file
+    for seed in seeds:
+        split    = make_split(scenario, seed)
+        original = cache(train(fresh model(seed), D_train))         # shared by every scenario and method
+        gold     = cache(retrain(original recipe, seed) on D_r)     # the reference of every metric
+        for method in methods: model = cache(method.unlearn(copy(original), D_f, D_r))
+        evaluate original, gold and every method -> one row each in results.jsonl
+    report.md + figure from the rows
+
+Every model is a content-addressed cache entry (config + split hash + seed), so a second run, or a run restarted
+after a crash, retrains nothing it has already finished.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from .._io import append_jsonl, atomic_write_json, content_hash
+from .._registry import BENCHMARKS, DATASETS, METHODS, METRICS, MODELS
+from ..config import ConfigError, param, to_dict
+from ..methods._loop import LoopParams
+from ..metrics.suite import CLASSIFIER_METRICS
+
+DEFAULT_METHODS = ("retrain", "finetune", "grad_ascent", "neggrad_plus")
+
+
+@dataclass
+class TrainRecipe(LoopParams):
+    """How the original model is trained; the gold-standard retrain uses the same recipe on D_r."""
+
+    lr: float = param(0.1, gt=0, help="learning rate")
+    epochs: int = param(30, ge=1, help="training epochs")
+    batch_size: int = param(64, gt=0, help="batch size")
+    schedule: Literal["constant", "cosine", "linear"] = param("cosine", help="learning-rate schedule")
+
+
+@dataclass
+class ClassificationConfig:
+    """A classifier unlearning benchmark run. Every key can be overridden as `key=value` on the command line."""
+
+    benchmark: str = param("digits", help="benchmark name (the registered pipeline)")
+    dataset: str = param("digits", help="registered data set")
+    model: str = param("mlp", help="registered model builder (mlp, cnn, ...)")
+    model_args: dict[str, Any] = param({}, help="extra keyword arguments of the model builder")
+    scenario: Literal["random", "class"] = param("random", help="forgetting scenario")
+    forget_size: float = param(0.1, gt=0, help="random scenario: a count (>= 1) or a fraction (< 1) of the train set")
+    forget_classes: list[int] = param([0], ge=0, help="class scenario: the classes to forget")
+    seeds: list[int] = param([0], help="one full run per seed (split, training and unlearning); >1 gives 95% CIs")
+    train: TrainRecipe = field(default_factory=TrainRecipe)
+    methods: list[str] = param(list(DEFAULT_METHODS), help="registered methods to run")
+    method: dict[str, dict[str, Any]] = param({}, help="hyperparameter overrides per method: method.NAME.KEY=VALUE")
+    metrics: list[str] = param(list(CLASSIFIER_METRICS), help="registered metrics to compute")
+    eval_batch_size: int = param(512, gt=0, help="batch size of the evaluation forward passes")
+    output_dir: str = param("runs/digits", help="where results.jsonl and report.md go")
+    cache_unlearned: bool = param(True, help="cache unlearned models too, so a restarted run skips finished methods")
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("seeds is empty: give at least one seed, e.g. seeds=[0]")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds={self.seeds} repeats a seed")
+        if not self.methods:
+            raise ValueError("methods is empty: name at least one method, e.g. methods=[finetune]")
+
+
+@dataclass
+class Plan:
+    """Everything validated and resolved before any heavy work."""
+
+    config: ClassificationConfig
+    data: Any
+    splits: dict[int, Any]
+    methods: dict[int, list[tuple[str, Any]]]  # seed -> [(label, method instance)]
+    gold: dict[int, Any]  # seed -> the gold-standard Retrain instance
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    rows: list[dict] = field(default_factory=list)
+    report: Path | None = None
+    cache_hits: dict[str, bool] = field(default_factory=dict)  # "seed/label" -> loaded from cache
+
+
+SEED_KEYS = ("seed", "init_seed")
+
+
+def variant(cfg: ClassificationConfig, params: dict) -> str:
+    """A short hash of everything that defines a row's experiment except the seeds: rows of the same label and
+    variant are repetitions over seeds; rows of another variant are never averaged with them."""
+    setting = {k: v for k, v in to_dict(cfg).items() if k in ("benchmark", "dataset", "model", "model_args",
+                                                               "scenario", "forget_size", "forget_classes")}
+    setting["train"] = {k: v for k, v in to_dict(cfg.train).items() if k not in SEED_KEYS}
+    if cfg.scenario == "class":
+        setting.pop("forget_size")
+    else:
+        setting.pop("forget_classes")
+    return content_hash({**setting, "params": {k: v for k, v in params.items() if k not in SEED_KEYS}})[:8]
+
+
+def plan(cfg: ClassificationConfig) -> Plan:
+    """Check every name and value and draw the splits: all errors surface here, before training."""
+    for registry, name, key in ((DATASETS, cfg.dataset, "dataset"), (MODELS, cfg.model, "model")):
+        if name not in registry:
+            raise ConfigError(f"{key}='{name}' is not registered; available: {', '.join(registry.list())}")
+    for name in [*cfg.methods, *cfg.method]:  # overrides of a method not run are kept, misspelled names are not
+        METHODS.get(name)
+    for name in cfg.metrics:
+        METRICS.get(name)
+    data = DATASETS.get(cfg.dataset).obj()
+    from ..data import make_split
+
+    splits, methods, gold = {}, {}, {}
+    for seed in cfg.seeds:
+        try:
+            splits[seed] = make_split(data.y_train, len(data.y_test), scenario=cfg.scenario, seed=seed,
+                                      data_hash=data.hash, forget_size=cfg.forget_size,
+                                      forget_classes=cfg.forget_classes)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        recipe = {**to_dict(cfg.train), "seed": seed}
+        gold[seed] = METHODS.create("retrain", **recipe, init_seed=seed)
+        methods[seed] = []
+        for name in cfg.methods:
+            overrides = cfg.method.get(name, {})
+            base = {**recipe, "init_seed": seed} if name == "retrain" else {"seed": seed}
+            methods[seed].append((name, METHODS.create(name, **{**base, **overrides})))
+    return Plan(cfg, data, splits, methods, gold)
+
+
+@dataclass
+class Trained:
+    """A model of the run with where it came from."""
+
+    name: str  # "original" or the registered method name
+    label: str
+    method: Any  # None for the original
+    model: Any
+    meta: dict
+    hit: bool  # loaded from the cache
+    key: str
+
+
+class _Runner:
+    """Cached training and unlearning for one benchmark run."""
+
+    def __init__(self, plan: Plan, cache: Any, say: Callable[[str], None]) -> None:
+        from ..tasks import get_task
+
+        self.plan, self.cache, self.say = plan, cache, say
+        self.task = get_task("classifier")
+
+    def original(self, seed: int) -> Trained:
+        from ..cache import spec_key
+        from ..methods.retrain import fit
+        from ..models import build_model
+
+        cfg, data = self.plan.config, self.plan.data
+        recipe = replace(cfg.train, seed=seed)
+        spec = {"kind": "original", "dataset": cfg.dataset, "data_hash": data.hash, "model": cfg.model,
+                "model_args": cfg.model_args, "recipe": to_dict(recipe), "seed": seed}
+        model = build_model(cfg.model, seed=seed, input_shape=data.input_shape, num_classes=data.num_classes,
+                            **cfg.model_args)
+
+        def train(m):
+            result = fit(m, data.subset("train", range(len(data.y_train))), self.task, recipe, desc="original")
+            return {"train_time_s": result.seconds}
+
+        key = spec_key(spec)
+        model, meta, hit = self.cache.get_or_build(key, model, train, spec=spec)
+        self.say(f"[seed {seed}] original: {'loaded from cache' if hit else 'trained'} "
+                 f"({meta['train_time_s']:.1f}s, cache key {key})")
+        return Trained("original", "original", None, model.eval(), meta, hit, key)
+
+    def spec(self, seed: int, method: Any, base: Trained) -> dict:
+        return {"kind": "unlearned", "base": base.key, "method": method.registry_name,
+                "params": to_dict(method), "split": self.plan.splits[seed].hash}
+
+    def unlearned(self, seed: int, label: str, method: Any, base: Trained, udata: Any) -> Trained:
+        from ..cache import spec_key
+
+        spec = self.spec(seed, method, base)
+        key = spec_key(spec)
+        model = copy.deepcopy(base.model)
+
+        def run(m):
+            start = time.perf_counter()
+            out = method.unlearn(m, udata, self.task)
+            seconds = time.perf_counter() - start
+            if out is not m:
+                m.load_state_dict(out.state_dict())
+            return {"unlearn_time_s": seconds}
+
+        if self.plan.config.cache_unlearned or method.registry_name == "retrain":
+            model, meta, hit = self.cache.get_or_build(key, model, run, spec=spec)
+        else:
+            model, meta, hit = model, {"spec": spec, **run(model)}, False
+        self.say(f"[seed {seed}] {label}: {'loaded from cache' if hit else 'done'} ({meta['unlearn_time_s']:.2f}s)")
+        return Trained(method.registry_name, label, method, model.eval(), meta, hit, key)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def run_classification(cfg: ClassificationConfig, *, cache: Any = None,
+                       say: Callable[[str], None] = print) -> RunResult:
+    """Run the benchmark described by `cfg` (see the module docstring); returns the rows and the report path."""
+    from .._env import git_sha, hardware, package_versions
+    from ..cache import ModelCache, spec_key
+    from ..metrics.evaluate import collect_outputs, evaluate
+    from ..report import build_report
+
+    the_plan = plan(cfg)
+    cache = cache or ModelCache()
+    out_dir = Path(cfg.output_dir)
+    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    versions = package_versions()
+    config = to_dict(cfg)
+    atomic_write_json(out_dir / "runs" / f"{run_id}.json", {
+        "run_id": run_id, "config": config, "versions": versions, "git_sha": git_sha(), "hardware": hardware(),
+        "cache_root": str(cache.root), "splits": {s: sp.describe() for s, sp in the_plan.splits.items()}})
+    common = {"run_id": run_id, "benchmark": cfg.benchmark, "scenario": cfg.scenario, "model": cfg.model,
+              "data_hash": the_plan.data.hash, "versions": versions, "config": config}
+    runner = _Runner(the_plan, cache, say)
+    result = RunResult(out_dir)
+    per_model = [m for m in cfg.metrics if not METRICS.get(m).tags.get("needs_reference")]
+    for seed in cfg.seeds:
+        split = the_plan.splits[seed]
+        udata = the_plan.data.unlearn_data(split)
+        say(f"[seed {seed}] split {split.hash}: {len(split.forget)} forget / {len(split.retain)} retain / "
+            f"{len(split.test)} test ({cfg.scenario})")
+        original = runner.original(seed)
+        gold = runner.unlearned(seed, "retrain (gold standard)", the_plan.gold[seed], original, udata)
+        gold.label = "retrain"
+        ref = collect_outputs(gold.model, udata, runner.task, batch_size=cfg.eval_batch_size)
+        evaluate(ref, per_model)
+        trained = [original, gold]
+        for label, method in the_plan.methods[seed]:
+            if spec_key(runner.spec(seed, method, original)) != gold.key:  # `retrain` as configured IS the gold
+                trained.append(runner.unlearned(seed, label, method, original, udata))
+        retrain_s = gold.meta["unlearn_time_s"]
+        for t in trained:
+            ev = ref if t is gold else collect_outputs(t.model, udata, runner.task, batch_size=cfg.eval_batch_size)
+            values = evaluate(ev, cfg.metrics, ref=ref)
+            if t is original:
+                times, params = {"train_s": t.meta["train_time_s"]}, to_dict(replace(cfg.train, seed=seed))
+            else:
+                times = {"unlearn_s": t.meta["unlearn_time_s"], "retrain_s": retrain_s,
+                         "rte": t.meta["unlearn_time_s"] / retrain_s}
+                params = to_dict(t.method)
+            row = {**common, "variant": variant(cfg, params), "created": _now(), "method": t.name, "label": t.label,
+                   "params": params, "seed": seed, "seeds": {"train": seed, "unlearn": params["seed"], "eval": 0},
+                   "metrics": values, "times": times, "cached": t.hit, "cache_key": t.key, "split_hash": split.hash}
+            append_jsonl(out_dir / "results.jsonl", row)
+            result.rows.append(row)
+            result.cache_hits[f"{seed}/{t.label}"] = t.hit
+    result.report = build_report(out_dir)
+    return result
+
+
+@BENCHMARKS.register("digits", config=ClassificationConfig, paper="sklearn digits (Alpaydin & Kaynak 1998)")
+def digits_benchmark(cfg: ClassificationConfig, **kwargs: Any) -> RunResult:
+    """Embedded quick-start benchmark: sklearn's 8x8 handwritten digits, small MLP/CNN, no download."""
+    return run_classification(cfg, **kwargs)
+
+
+__all__ = ["ClassificationConfig", "RunResult", "TrainRecipe", "plan", "run_classification", "variant"]

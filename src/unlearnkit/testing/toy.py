@@ -1,0 +1,150 @@
+"""Tiny real models and data for tests and the conformance suite (CPU, seconds).
+
+The forget sets are *memorized*: the classifier's forget examples carry labels that contradict their cluster, the
+language model's forget answers are random tokens. The original model fits them only by memorizing, so anything
+that unlearns them (or retrains without them) raises their loss.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from ..data import UnlearnData
+from ..methods._loop import LoopParams
+from ..methods.retrain import fit
+from ..models import build_model
+from ..tasks import get_task
+
+N_CLASSES, N_FEATURES = 4, 8
+
+
+def tiny_classification_data(seed: int = 0, n_per_class: int = 40, n_forget: int = 12) -> UnlearnData:
+    """Four Gaussian clusters in 8-D; the forget set is `n_forget` training points with a wrong label."""
+    g = torch.Generator().manual_seed(seed)
+    centers = 3.0 * torch.randn(N_CLASSES, N_FEATURES, generator=g)
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(N_CLASSES).repeat_interleave(n)
+        return centers[y] + torch.randn(len(y), N_FEATURES, generator=g), y
+
+    x, y = draw(n_per_class)
+    x_test, y_test = draw(n_per_class // 2)
+    order = torch.randperm(len(y), generator=g)
+    forget, retain = order[:n_forget], order[n_forget:]
+    wrong = (y[forget] + 1 + torch.randint(0, N_CLASSES - 1, (n_forget,), generator=g)) % N_CLASSES
+    return UnlearnData(forget=TensorDataset(x[forget], wrong), retain=TensorDataset(x[retain], y[retain]),
+                       test=TensorDataset(x_test, y_test), num_classes=N_CLASSES)
+
+
+def tiny_classifier(seed: int = 0) -> nn.Module:
+    """The registered `mlp` at toy size: 8 -> 32 -> 4."""
+    return build_model("mlp", seed=seed, input_shape=(N_FEATURES,), num_classes=N_CLASSES, hidden=(32,))
+
+
+class _Block(nn.Module):
+    """Pre-norm causal self-attention + MLP."""
+
+    def __init__(self, d: int, n_head: int) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b, t, d = h.shape
+        q, k, v = self.qkv(self.ln1(h)).view(b, t, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, H, T, d/H]
+        h = h + self.proj(att.transpose(1, 2).reshape(b, t, d))
+        return h + self.mlp(self.ln2(h))
+
+
+class TinyCausalLM(nn.Module):
+    """A two-layer decoder (token + position embeddings, pre-norm blocks, LM head): input_ids [B, T] -> [B, T, V]."""
+
+    def __init__(self, vocab_size: int = 24, d_model: int = 32, n_layer: int = 2, n_head: int = 2,
+                 max_len: int = 16) -> None:
+        super().__init__()
+        self.embed, self.pos = nn.Embedding(vocab_size, d_model), nn.Embedding(max_len, d_model)
+        self.layers = nn.ModuleList(_Block(d_model, n_head) for _ in range(n_layer))
+        self.norm, self.lm_head = nn.LayerNorm(d_model), nn.Linear(d_model, vocab_size)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.embed(input_ids) + self.pos(torch.arange(input_ids.shape[1], device=input_ids.device))
+        for layer in self.layers:
+            h = layer(h)
+        return self.lm_head(self.norm(h))
+
+
+class DictDataset(Dataset):
+    """Rows of a dict of equally long tensors; the default collate stacks them back into a dict batch."""
+
+    def __init__(self, **columns: torch.Tensor) -> None:
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values())))
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.columns.items()}
+
+
+def tiny_lm_data(seed: int = 0, n_retain: int = 32, n_forget: int = 8, prompt_len: int = 4,
+                 answer_len: int = 6, vocab_size: int = 24) -> UnlearnData:
+    """Question/answer token sequences; loss on the answer only (prompt labels are −100). Retain answers follow a
+    learnable rule (each answer token is its prompt token + 1, cyclic); forget answers are random tokens."""
+    g = torch.Generator().manual_seed(seed)
+
+    def make(n: int, random_answer: bool) -> DictDataset:
+        prompt = torch.randint(0, vocab_size, (n, prompt_len), generator=g)
+        if random_answer:
+            answer = torch.randint(0, vocab_size, (n, answer_len), generator=g)
+        else:
+            answer = (prompt.repeat(1, answer_len // prompt_len + 1)[:, :answer_len] + 1) % vocab_size
+        ids = torch.cat([prompt, answer], dim=1)
+        labels = ids.clone()
+        labels[:, :prompt_len] = -100
+        return DictDataset(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
+
+    return UnlearnData(forget=make(n_forget, True), retain=make(n_retain, False), test=make(n_forget, False))
+
+
+def tiny_causal_lm(seed: int = 0) -> TinyCausalLM:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TinyCausalLM()
+
+
+class _Both(Dataset):
+    def __init__(self, a: Dataset, b: Dataset) -> None:
+        self.a, self.b = a, b
+
+    def __len__(self) -> int:
+        return len(self.a) + len(self.b)
+
+    def __getitem__(self, i: int):
+        return self.a[i] if i < len(self.a) else self.b[i - len(self.a)]
+
+
+@lru_cache(maxsize=4)
+def _memorized(kind: str, seed: int) -> tuple[nn.Module, UnlearnData]:
+    if kind == "classifier":
+        model, data = tiny_classifier(seed), tiny_classification_data(seed)
+        recipe = LoopParams(lr=0.01, epochs=150, batch_size=32, optimizer="adam", weight_decay=0.0, seed=seed)
+    else:
+        model, data = tiny_causal_lm(seed), tiny_lm_data(seed)
+        recipe = LoopParams(lr=0.01, epochs=120, batch_size=16, optimizer="adam", weight_decay=0.0, seed=seed)
+    fit(model, _Both(data.forget, data.retain), get_task(kind), recipe, desc=f"toy {kind}", progress=False)
+    return model.eval(), data
+
+
+def memorized(kind: str = "classifier", seed: int = 0) -> tuple[nn.Module, UnlearnData]:
+    """(an original model that has memorized its forget set, the data) for task kind `kind`; a fresh copy each call."""
+    model, data = _memorized(kind, seed)
+    return copy.deepcopy(model), data

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from unlearnkit.data import make_split, resolve_forget_size
+from unlearnkit.data.digits import digits
+
+LABELS = np.repeat(np.arange(4), 25)  # 100 training labels
+
+
+def test_random_split_count_fraction_and_partition():
+    a = make_split(LABELS, 20, scenario="random", seed=3, data_hash="h", forget_size=10)
+    b = make_split(LABELS, 20, scenario="random", seed=3, data_hash="h", forget_size=0.1)
+    assert len(a.forget) == 10 and np.array_equal(a.forget, b.forget) and a.hash == b.hash
+    assert np.array_equal(np.sort(np.concatenate([a.forget, a.retain])), np.arange(100))
+    assert len(np.intersect1d(a.forget, a.retain)) == 0 and len(a.test) == 20
+
+
+def test_hash_changes_with_seed_and_data():
+    a = make_split(LABELS, 20, scenario="random", seed=0, data_hash="h", forget_size=10)
+    assert a.hash != make_split(LABELS, 20, scenario="random", seed=1, data_hash="h", forget_size=10).hash
+    assert a.hash != make_split(LABELS, 20, scenario="random", seed=0, data_hash="g", forget_size=10).hash
+
+
+def test_class_split_takes_whole_classes():
+    s = make_split(LABELS, 20, scenario="class", seed=0, data_hash="h", forget_classes=[2, 0])
+    assert s.forget_classes == (0, 2)
+    assert set(LABELS[s.forget]) == {0, 2} and set(LABELS[s.retain]) == {1, 3} and len(s.forget) == 50
+
+
+@pytest.mark.parametrize("size, message", [
+    (100, r"forget_size=100 is not smaller than the training set \(100 examples\): nothing would be retained"),
+    (5000, "forget_size=5000 is not smaller than the training set"),
+    (0.001, "selects no example"),
+    (-1, "must be a count >= 1 or a fraction"),
+    (2.5, "a count must be an integer"),
+])
+def test_bad_forget_sizes(size, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_forget_size(size, 100)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"scenario": "class", "forget_classes": [7]}, r"class\(es\) \[7\] not in the training labels"),
+    ({"scenario": "class", "forget_classes": [0, 1, 2, 3]}, "covers every class"),
+    ({"scenario": "class", "forget_classes": []}, "needs forget_classes"),
+    ({"scenario": "sideways"}, "scenario='sideways': must be one of random, class"),
+])
+def test_bad_scenarios(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_split(LABELS, 20, seed=0, data_hash="h", **kwargs)
+
+
+def test_digits_is_real_and_stable():
+    d = digits()
+    assert d.x_train.shape == (1347, 1, 8, 8) and d.x_test.shape == (450, 1, 8, 8)
+    assert d.x_train.min() == 0.0 and d.x_train.max() == 1.0
+    per_class = np.bincount(d.y_train) + np.bincount(d.y_test)
+    assert np.abs(np.bincount(d.y_test) - 0.25 * per_class).max() <= 1  # stratified 25 % test split
+    assert d.hash == digits().hash and len(d.hash) == 24
