@@ -70,3 +70,12 @@ def test_reinitialize_refuses_parameters_it_cannot_reset():
 
     with pytest.raises(ValueError, match=r"cannot re-initialise \['scale'\]"):
         reinitialize(Odd(), seed=0)
+
+
+def test_divergent_gradient_ascent_stops_with_finite_weights():
+    model, data = memorized()
+    method = create_method("grad_ascent", lr=50.0, momentum=0.0, epochs=200, batch_size=4)
+    with pytest.warns(RuntimeWarning, match="the loss became non-finite"):
+        out = method.unlearn(model, data, TASK)
+    assert method.diverged_ is True and method.steps_ < 200 * 3
+    assert all(torch.isfinite(p).all() for p in out.parameters())

@@ -88,4 +88,5 @@ class GradientMethod(LoopParams):
         )
         self.losses_ = result.losses
         self.steps_ = result.steps
+        self.diverged_ = result.diverged
         return result.model

@@ -16,6 +16,7 @@ import itertools
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -54,6 +55,7 @@ class LoopResult:
     losses: list[float] = field(default_factory=list)  # one per optimiser step
     steps: int = 0
     seconds: float = 0.0
+    diverged: bool = False  # stopped because the loss became non-finite (weights of the last finite step kept)
 
 
 def default_accelerator():
@@ -151,6 +153,7 @@ def run_loop(model: nn.Module, loss_fn: LossFn, params: LoopParams, *, forget: D
 
     model.train(train_mode)
     losses: list[torch.Tensor] = []
+    diverged = False
     show = acc.is_local_main_process if progress is None else progress and acc.is_local_main_process
     from tqdm.auto import tqdm
 
@@ -162,6 +165,11 @@ def run_loop(model: nn.Module, loss_fn: LossFn, params: LoopParams, *, forget: D
                                                         params.max_steps)):
             f_batch, r_batch = (first, second) if driver_is_forget else (second, first)
             loss = loss_fn(model, f_batch, r_batch, refs)
+            if not torch.isfinite(loss.detach()):  # e.g. unbounded gradient ascent: stop before the step spoils weights
+                warnings.warn(f"{desc}: the loss became non-finite ({loss.item()}) at step {step}; stopping with the "
+                              "weights of the last finite step", RuntimeWarning, stacklevel=2)
+                diverged = True
+                break
             optimizer.zero_grad(set_to_none=True)
             acc.backward(loss)
             if params.grad_clip:
@@ -186,4 +194,4 @@ def run_loop(model: nn.Module, loss_fn: LossFn, params: LoopParams, *, forget: D
         log.debug("%s: %d steps, loss %.4f -> %.4f, %.2fs", desc, len(values), values[0], values[-1], seconds)
     model = acc.unwrap_model(model)
     acc.free_memory()
-    return LoopResult(model.train(False), values, len(values), seconds)
+    return LoopResult(model.train(False), values, len(values), seconds, diverged)

@@ -3,6 +3,8 @@ outputs of `evaluate.collect_outputs`. Accuracies are in %, MIA scores in [0, 1]
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .._registry import METRICS
@@ -38,10 +40,21 @@ def forget_class_prob(ev: Evaluation, ref: Evaluation | None = None) -> dict[str
     return {"forget_class_prob": C.true_class_prob(ev.logits["forget"], ev.labels["forget"])}
 
 
+def _finite(ev: Evaluation, metric: str) -> bool:
+    """Attacks cannot be fitted on non-finite outputs (a diverged model): say so and report NaN instead."""
+    if all(np.isfinite(v).all() for v in ev.logits.values()):
+        return True
+    warnings.warn(f"{metric}: the model's logits are not finite (diverged?); reporting NaN", RuntimeWarning,
+                  stacklevel=3)
+    return False
+
+
 @METRICS.register("mia_svc", task="classifier", needs_reference=False)
 def mia_svc(ev: Evaluation, ref: Evaluation | None = None) -> dict[str, float]:
     """SVC MIA-efficacy (SalUn): shadow members = the first |D_t| retain examples, non-members = D_t, feature
     p(y|x), SVC(C=3, rbf); score = fraction of D_f predicted non-member. Higher = more forgotten; target = retrain."""
+    if not _finite(ev, "mia_svc"):
+        return {"mia_svc": float("nan")}
     n = len(ev.labels["test"])
     return {"mia_svc": mia.mia_svc(ev.logits["retain"][:n], ev.labels["retain"][:n], ev.logits["test"],
                                    ev.labels["test"], ev.logits["forget"], ev.labels["forget"])}
@@ -51,6 +64,8 @@ def mia_svc(ev: Evaluation, ref: Evaluation | None = None) -> dict[str, float]:
 def mia_entropy_lr(ev: Evaluation, ref: Evaluation | None = None) -> dict[str, float]:
     """Entropy + balanced logistic-regression MIA (Bad Teacher / SSD / JiT), fitted in-sample on D_r (member) vs D_t;
     score = fraction of D_f predicted member. Lower = more forgotten; target = retrain."""
+    if not _finite(ev, "mia_entropy_lr"):
+        return {"mia_entropy_lr": float("nan")}
     return {"mia_entropy_lr": mia.mia_entropy_lr(ev.logits["retain"], ev.logits["test"], ev.logits["forget"])}
 
 

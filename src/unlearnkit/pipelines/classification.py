@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from .. import __version__
 from .._io import append_jsonl, atomic_write_json, content_hash
 from .._registry import BENCHMARKS, DATASETS, METHODS, METRICS, MODELS
 from ..config import ConfigError, param, to_dict
@@ -165,8 +166,8 @@ class _Runner:
 
         cfg, data = self.plan.config, self.plan.data
         recipe = replace(cfg.train, seed=seed)
-        spec = {"kind": "original", "dataset": cfg.dataset, "data_hash": data.hash, "model": cfg.model,
-                "model_args": cfg.model_args, "recipe": to_dict(recipe), "seed": seed}
+        spec = {"kind": "original", "unlearnkit": __version__, "dataset": cfg.dataset, "data_hash": data.hash,
+                "model": cfg.model, "model_args": cfg.model_args, "recipe": to_dict(recipe), "seed": seed}
         model = build_model(cfg.model, seed=seed, input_shape=data.input_shape, num_classes=data.num_classes,
                             **cfg.model_args)
 
@@ -181,7 +182,7 @@ class _Runner:
         return Trained("original", "original", None, model.eval(), meta, hit, key)
 
     def spec(self, seed: int, method: Any, base: Trained) -> dict:
-        return {"kind": "unlearned", "base": base.key, "method": method.registry_name,
+        return {"kind": "unlearned", "unlearnkit": __version__, "base": base.key, "method": method.registry_name,
                 "params": to_dict(method), "split": self.plan.splits[seed].hash}
 
     def unlearned(self, seed: int, label: str, method: Any, base: Trained, udata: Any) -> Trained:

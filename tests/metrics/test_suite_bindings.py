@@ -1,0 +1,51 @@
+"""The registered metric bindings (suite.py) on real outputs: values, orientation and error paths."""
+
+import numpy as np
+import pytest
+
+from unlearnkit.metrics import classifier as C
+from unlearnkit.metrics.evaluate import Evaluation, evaluate
+from unlearnkit.metrics.suite import CLASSIFIER_METRICS
+
+
+def _ev(seed, n=60, c=3, forget_classes=()):
+    rng = np.random.default_rng(seed)
+    logits = {s: rng.normal(size=(n, c)) * 3 for s in ("forget", "retain", "test")}
+    labels = {s: rng.integers(0, c, n) for s in ("forget", "retain", "test")}
+    return Evaluation(logits, labels, forget_classes)
+
+
+def test_reference_metrics_against_the_pure_functions():
+    u, r = _ev(0), _ev(1)
+    evaluate(r, [m for m in CLASSIFIER_METRICS if m not in ("tow", "avg_gap")])
+    values = evaluate(u, CLASSIFIER_METRICS, ref=r)
+    acc = {k: C.accuracy(u.logits[k], u.labels[k]) for k in ("forget", "retain", "test")}
+    acc_r = {k: C.accuracy(r.logits[k], r.labels[k]) for k in ("forget", "retain", "test")}
+    assert values["tow"] == pytest.approx(C.tow(acc, acc_r))
+    assert values["ua"] == pytest.approx(100 - acc["forget"])
+    gap = np.mean([abs(values["ua"] - r.values["ua"]), abs(acc["retain"] - acc_r["retain"]),
+                   abs(acc["test"] - acc_r["test"]), 100 * abs(values["mia_svc"] - r.values["mia_svc"])])
+    assert values["avg_gap"] == pytest.approx(gap)
+    self_values = evaluate(r, ["tow", "avg_gap"], ref=r)
+    assert self_values["tow"] == 1.0 and self_values["tow_mia"] == 1.0 and self_values["avg_gap"] == 0.0
+
+
+def test_forget_class_test_accuracies():
+    ev = _ev(0, forget_classes=(1,))
+    values = evaluate(ev, ["accuracy"])
+    mask = ev.labels["test"] == 1
+    assert values["test_forget_acc"] == pytest.approx(C.accuracy(ev.logits["test"][mask], ev.labels["test"][mask]))
+    assert values["test_retain_acc"] == pytest.approx(C.accuracy(ev.logits["test"][~mask], ev.labels["test"][~mask]))
+
+
+def test_reference_metric_without_reference_is_an_error():
+    with pytest.raises(ValueError, match="metric 'tow' compares with the retrained model: pass ref="):
+        evaluate(_ev(0), ["accuracy", "mia_svc", "tow"])
+
+
+def test_non_finite_outputs_give_nan_attacks_not_a_crash():
+    ev = _ev(0)
+    ev.logits["forget"][0, 0] = np.nan
+    with pytest.warns(RuntimeWarning, match="not finite"):
+        values = evaluate(ev, ["mia_svc", "mia_entropy_lr"])
+    assert np.isnan(values["mia_svc"]) and np.isnan(values["mia_entropy_lr"])
