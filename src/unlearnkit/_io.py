@@ -52,12 +52,13 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename by fsyncing its directory (POSIX only; best effort)."""
-    if os.name != "posix":
+def fsync_path(path: Path) -> None:
+    """Persist a file's contents, or a rename inside a directory, by fsyncing it (directories: POSIX only);
+    best effort."""
+    if path.is_dir() and os.name != "posix":
         return
     try:
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -91,7 +92,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
-    _fsync_dir(parent)
+    fsync_path(parent)
     return target
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unlearnkit._env import package_versions
-from unlearnkit._io import atomic_write_json, content_hash, sha256_file
+from unlearnkit._io import atomic_write_json, content_hash, fsync_path, sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -162,22 +162,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _fsync_path(path: Path) -> None:
-    """fsync a file or (on POSIX) a directory; best effort."""
-    if path.is_dir() and os.name != "posix":
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """``model.state_dict()`` with every tensor on the CPU.
 
@@ -216,7 +200,7 @@ def _save_weights(model: torch.nn.Module, file: Path) -> None:
             return dict(self._sd)
 
     save_model(_StateDictModule(state), os.fspath(file))
-    _fsync_path(file)
+    fsync_path(file)
 
 
 def _listing(items: list[str], sep: str = ", ", limit: int = 3) -> str:
@@ -401,7 +385,7 @@ class ModelCache:
             full_meta["key"] = key
             full_meta["weights_sha256"] = sha256_file(weights)
             atomic_write_json(tmp / META_FILE, full_meta)
-            _fsync_path(tmp)
+            fsync_path(tmp)
             # What load() will return later: the JSON round trip of full_meta.
             written_meta = json.loads((tmp / META_FILE).read_text(encoding="utf-8"))
             existing_meta = self._publish(key, tmp, final)
@@ -427,7 +411,7 @@ class ModelCache:
                     self._warn_corrupt(key, str(exc.args[0]))
                     self._discard(final)
                     continue
-            _fsync_path(final.parent)
+            fsync_path(final.parent)
             return None
         raise OSError(f"could not publish cache entry {key} at {final}")
 

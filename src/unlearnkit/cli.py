@@ -32,7 +32,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"\n{bench} / {scenario} / {model}\n")
         print(format_table(rows))
     hits = sum(result.cache_hits.values())
-    print(f"{hits} of {len(result.cache_hits)} models loaded from the cache; the rest were trained now.")
+    print(f"models: {hits} of {len(result.cache_hits)} loaded from the cache, {len(result.cache_hits) - hits} "
+          "trained in this run")
     print(f"results: {result.output_dir / 'results.jsonl'}\nreport:  {result.report}")
     return 0
 

@@ -33,14 +33,14 @@ def test_quick_start_table_cache_reuse_and_report(home, tmp_path, capsys):
         by["finetune"]["times"]["unlearn_s"] / by["retrain"]["times"]["unlearn_s"])
     for r in rows:
         assert r["versions"]["torch"] and r["split_hash"] and r["data_hash"] and r["seeds"]["train"] == 0
-    assert "| retrain | 1 |" in first and "0 of 5 models loaded from the cache" in first
+    assert "| retrain | 1 |" in first and "models: 0 of 5 loaded from the cache, 5 trained in this run" in first
     assert (out / "report.md").is_file() and list(out.glob("report-*.png"))
     assert len(list((out / "runs").glob("*.json"))) == 1
 
     assert run_cli(f"output_dir={out}") == 0  # warm: everything from the cache, same numbers
     second = capsys.readouterr().out
     assert "original: loaded from cache" in second and "retrain (gold standard): loaded from cache" in second
-    assert "5 of 5 models loaded from the cache" in second
+    assert "models: 5 of 5 loaded from the cache, 0 trained in this run" in second
     again = read_jsonl(out / "results.jsonl")[5:]
     assert [r["metrics"] for r in again] == [r["metrics"] for r in rows]
     assert all(r["cached"] for r in again)
@@ -72,6 +72,14 @@ def test_retrain_with_other_hyperparameters_is_its_own_row_beside_the_gold_stand
     gold, custom = rows[1], rows[2]
     assert gold["params"]["epochs"] == 4 and custom["params"]["epochs"] == 1
     assert gold["metrics"]["tow"] == 1.0 and gold["variant"] != custom["variant"]
+
+
+def test_cnn_model_runs_end_to_end(home, tmp_path):
+    out = tmp_path / "cnn"
+    assert run_cli("model=cnn", "train.epochs=3", "methods=[finetune]", f"output_dir={out}") == 0
+    rows = read_jsonl(out / "results.jsonl")
+    assert [r["model"] for r in rows] == ["cnn"] * 3
+    assert rows[0]["metrics"]["test_acc"] > 80  # three epochs of the real CNN on real digits
 
 
 def test_class_scenario_and_seeds_give_intervals(home, tmp_path, capsys):
@@ -138,7 +146,7 @@ def test_truncated_cache_entry_is_rebuilt(home, tmp_path, capsys):
         w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
     with pytest.warns(UserWarning, match="is corrupt"):
         assert run_cli("methods=[finetune]", f"output_dir={out}") == 0
-    assert "0 of 3 models loaded from the cache" in capsys.readouterr().out
+    assert "models: 0 of 3 loaded from the cache, 3 trained in this run" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -78,6 +78,23 @@ def _check_same_classes(*arrays: tuple[str, np.ndarray]) -> None:
         raise ValueError(f"logits must have the same number of classes; got {cs}")
 
 
+def _attack_logits(
+    name: str, member_logits: ArrayLike, nonmember_logits: ArrayLike, target_logits: ArrayLike
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated (member, non-member, target) logits of a population attack: 2-D, non-empty shadow sets, one
+    class count."""
+    zm, zn, zt = (
+        _as_logits(member_logits, "member_logits"),
+        _as_logits(nonmember_logits, "nonmember_logits"),
+        _as_logits(target_logits, "target_logits"),
+    )
+    if zm.shape[0] == 0 or zn.shape[0] == 0:
+        raise ValueError(f"{name} needs non-empty member and non-member sets; got {zm.shape[0]} members, "
+                         f"{zn.shape[0]} non-members")
+    _check_same_classes(("member_logits", zm), ("nonmember_logits", zn), ("target_logits", zt))
+    return zm, zn, zt
+
+
 def mia_svc(
     member_logits: ArrayLike,
     member_labels: ArrayLike | None,
@@ -105,16 +122,7 @@ def mia_svc(
     """
     from sklearn.svm import SVC
 
-    zm, zn, zt = (
-        _as_logits(member_logits, "member_logits"),
-        _as_logits(nonmember_logits, "nonmember_logits"),
-        _as_logits(target_logits, "target_logits"),
-    )
-    if zm.shape[0] == 0 or zn.shape[0] == 0:
-        raise ValueError(
-            f"mia_svc needs non-empty shadow sets; got {zm.shape[0]} members, {zn.shape[0]} non-members"
-        )
-    _check_same_classes(("member_logits", zm), ("nonmember_logits", zn), ("target_logits", zt))
+    zm, zn, zt = _attack_logits("mia_svc", member_logits, nonmember_logits, target_logits)
     xm = mia_features(zm, member_labels, variant)
     xn = mia_features(zn, nonmember_labels, variant)
     xt = mia_features(zt, target_labels, variant)
@@ -155,16 +163,7 @@ def mia_entropy_lr(
     """
     from sklearn.linear_model import LogisticRegression
 
-    zm, zn, zt = (
-        _as_logits(member_logits, "member_logits"),
-        _as_logits(nonmember_logits, "nonmember_logits"),
-        _as_logits(target_logits, "target_logits"),
-    )
-    if zm.shape[0] == 0 or zn.shape[0] == 0:
-        raise ValueError(
-            f"mia_entropy_lr needs non-empty member/non-member sets; got {zm.shape[0]} and {zn.shape[0]}"
-        )
-    _check_same_classes(("member_logits", zm), ("nonmember_logits", zn), ("target_logits", zt))
+    zm, zn, zt = _attack_logits("mia_entropy_lr", member_logits, nonmember_logits, target_logits)
     hm, hn, ht = prediction_entropy(zm), prediction_entropy(zn), prediction_entropy(zt)
     if ht.shape[0] == 0:
         return float("nan")
