@@ -49,3 +49,13 @@ def test_non_finite_outputs_give_nan_attacks_not_a_crash():
     with pytest.warns(RuntimeWarning, match="not finite"):
         values = evaluate(ev, ["mia_svc", "mia_entropy_lr"])
     assert np.isnan(values["mia_svc"]) and np.isnan(values["mia_entropy_lr"])
+
+
+def test_required_metrics_are_added_in_order():
+    from unlearnkit.metrics.evaluate import with_requirements
+
+    assert with_requirements(["tow"]) == ["accuracy", "mia_svc", "tow"]
+    assert with_requirements(["avg_gap", "tow", "accuracy"]) == ["accuracy", "mia_svc", "avg_gap", "tow"]
+    u, r = _ev(0), _ev(1)
+    evaluate(r, ["accuracy", "mia_svc"])
+    assert "tow" in evaluate(u, ["tow"], ref=r)  # its requirements ran first, no KeyError

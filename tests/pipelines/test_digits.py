@@ -103,6 +103,8 @@ def test_class_scenario_and_seeds_give_intervals(home, tmp_path, capsys):
     (["forget_size=5000"], "forget_size=5000 is not smaller than the training set (1347 examples)"),
     (["scenario=class", "forget_classes=[12]"], "[12] not in the training labels"),
     (["model=resnet9000"], "model='resnet9000' is not registered"),
+    (["train.seed=3"], "train.seed=3: each run's training seed comes from seeds=[...]"),
+    (["metrics=[accuracy,no_such_metric]"], "unknown metric 'no_such_metric'"),
     (["method.finetun.lr=0.1"], "unknown method 'finetun' (did you mean 'finetune'?)"),
 ])
 def test_bad_input_is_one_line_before_any_work(home, tmp_path, capsys, args, message):

@@ -59,10 +59,25 @@ def collect_outputs(model: nn.Module, data: Any, task: Any, *, batch_size: int =
     return Evaluation(logits, labels, tuple(getattr(data, "forget_classes", ())))
 
 
+def with_requirements(metrics: Iterable[str]) -> list[str]:
+    """The named metrics plus those they read (tag `requires`), each once, requirements first."""
+    out: list[str] = []
+
+    def add(name: str) -> None:
+        if name not in out:
+            for dep in METRICS.get(name).tags.get("requires", ()):  # unknown names fail here, before any work
+                add(dep)
+            out.append(name)
+
+    for name in metrics:
+        add(name)
+    return out
+
+
 def evaluate(ev: Evaluation, metrics: Iterable[str], ref: Evaluation | None = None) -> dict[str, float]:
-    """Run the named metrics on `ev` (per-model ones first, then retrain-referenced ones) and return all values."""
-    names = list(metrics)
-    entries = [METRICS.get(n) for n in names]  # unknown names fail here, before any work
+    """Run the named metrics, and the metrics they require, on `ev` (per-model ones first, then
+    retrain-referenced ones) and return all values."""
+    entries = [METRICS.get(n) for n in with_requirements(metrics)]
     for entry in sorted(entries, key=lambda e: bool(e.tags.get("needs_reference"))):
         if entry.tags.get("needs_reference") and ref is None:
             raise ValueError(f"metric '{entry.name}' compares with the retrained model: pass ref=")

@@ -69,7 +69,7 @@ def mia_entropy_lr(ev: Evaluation, ref: Evaluation | None = None) -> dict[str, f
     return {"mia_entropy_lr": mia.mia_entropy_lr(ev.logits["retain"], ev.logits["test"], ev.logits["forget"])}
 
 
-@METRICS.register("tow", task="classifier", needs_reference=True)
+@METRICS.register("tow", task="classifier", needs_reference=True, requires=("accuracy", "mia_svc"))
 def tow(ev: Evaluation, ref: Evaluation) -> dict[str, float]:
     """ToW = Π_{D∈{D_f,D_r,D_t}} (1 − |acc_u(D) − acc_r(D)|/100); ToW-MIA replaces the forget factor by
     (1 − |MIA_u − MIA_r|) with the SVC MIA (RUM, Zhao et al. 2024). Both in [0, 1]; 1 = identical to retrain.
@@ -84,7 +84,7 @@ def tow(ev: Evaluation, ref: Evaluation) -> dict[str, float]:
     }
 
 
-@METRICS.register("avg_gap", task="classifier", needs_reference=True)
+@METRICS.register("avg_gap", task="classifier", needs_reference=True, requires=("accuracy", "mia_svc"))
 def avg_gap(ev: Evaluation, ref: Evaluation) -> dict[str, float]:
     """Avg. Gap = mean |m_u − m_r| over UA, RA, TA and MIA-efficacy (all in %) (SalUn / ℓ1-sparse); lower = better."""
 

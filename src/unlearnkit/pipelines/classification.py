@@ -70,6 +70,9 @@ class ClassificationConfig:
             raise ValueError(f"seeds={self.seeds} repeats a seed")
         if not self.methods:
             raise ValueError("methods is empty: name at least one method, e.g. methods=[finetune]")
+        if self.train.seed != 0:
+            raise ValueError(f"train.seed={self.train.seed}: each run's training seed comes from seeds=[...]; "
+                             "set seeds instead")
 
 
 @dataclass
@@ -217,7 +220,7 @@ def run_classification(cfg: ClassificationConfig, *, cache: Any = None,
     """Run the benchmark described by `cfg` (see the module docstring); returns the rows and the report path."""
     from .._env import git_sha, hardware, package_versions
     from ..cache import ModelCache, spec_key
-    from ..metrics.evaluate import collect_outputs, evaluate
+    from ..metrics.evaluate import collect_outputs, evaluate, with_requirements
     from ..report import build_report
 
     the_plan = plan(cfg)
@@ -233,7 +236,7 @@ def run_classification(cfg: ClassificationConfig, *, cache: Any = None,
               "data_hash": the_plan.data.hash, "versions": versions, "config": config}
     runner = _Runner(the_plan, cache, say)
     result = RunResult(out_dir)
-    per_model = [m for m in cfg.metrics if not METRICS.get(m).tags.get("needs_reference")]
+    per_model = [m for m in with_requirements(cfg.metrics) if not METRICS.get(m).tags.get("needs_reference")]
     for seed in cfg.seeds:
         split = the_plan.splits[seed]
         udata = the_plan.data.unlearn_data(split)
@@ -268,7 +271,8 @@ def run_classification(cfg: ClassificationConfig, *, cache: Any = None,
     return result
 
 
-@BENCHMARKS.register("digits", config=ClassificationConfig, paper="sklearn digits (Alpaydin & Kaynak 1998)")
+@BENCHMARKS.register("digits", config=ClassificationConfig, validate=plan,
+                     paper="sklearn digits (Alpaydin & Kaynak 1998)")
 def digits_benchmark(cfg: ClassificationConfig, **kwargs: Any) -> RunResult:
     """Embedded quick-start benchmark: sklearn's 8x8 handwritten digits, small MLP/CNN, no download."""
     return run_classification(cfg, **kwargs)
