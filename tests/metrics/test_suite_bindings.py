@@ -59,3 +59,12 @@ def test_required_metrics_are_added_in_order():
     u, r = _ev(0), _ev(1)
     evaluate(r, ["accuracy", "mia_svc"])
     assert "tow" in evaluate(u, ["tow"], ref=r)  # its requirements ran first, no KeyError
+
+
+def test_forget_class_probability_for_several_forget_classes_matches_scipy():
+    from scipy.special import softmax
+
+    ev = _ev(3, c=5, forget_classes=(1, 4))
+    ev.labels["forget"] = np.where(np.arange(60) % 2 == 0, 1, 4)  # forget examples of two classes
+    expected = softmax(ev.logits["forget"], axis=1)[np.arange(60), ev.labels["forget"]].mean()
+    assert evaluate(ev, ["forget_class_prob"])["forget_class_prob"] == pytest.approx(expected)

@@ -130,8 +130,6 @@ def run_loop(model: nn.Module, loss_fn: LossFn, params: LoopParams, *, forget: D
     sets = (forget, retain) if driver_is_forget else (retain, forget)
     loaders = [None if s is None else _loader(s, params.batch_size, params.seed + i, collate_fn)
                for i, s in enumerate(sets)]
-    per_epoch = len(loaders[0]) if pairing != "zip" else min(len(loaders[0]), len(loaders[1]))
-    total = params.max_steps or params.epochs * per_epoch
 
     names = dict(model.named_parameters())
     chosen = [n for n in names if trainable is None or trainable(n)]
@@ -140,12 +138,15 @@ def run_loop(model: nn.Module, loss_fn: LossFn, params: LoopParams, *, forget: D
     saved_flags = {n: p.requires_grad for n, p in names.items()}
     for n, p in names.items():
         p.requires_grad_(n in chosen and saved_flags[n])
-    optimizer = make_optimizer(params, [names[n] for n in chosen if names[n].requires_grad])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(params.schedule, total))
-    # The scheduler stays unprepared: accelerate's wrapper steps it once per process, which would make the
-    # schedule depend on the world size.
-    model, optimizer = acc.prepare(model, optimizer)
+    raw_optimizer = make_optimizer(params, [names[n] for n in chosen if names[n].requires_grad])
+    # The scheduler (below) stays unprepared: accelerate's wrapper steps it once per process, which would make
+    # the schedule depend on the world size.
+    model, optimizer = acc.prepare(model, raw_optimizer)
     loaders = [None if dl is None else acc.prepare_data_loader(dl) for dl in loaders]
+    # after preparation: in a multi-process run each process iterates over its own shard
+    per_epoch = len(loaders[0]) if pairing != "zip" else min(len(loaders[0]), len(loaders[1]))
+    total = params.max_steps or params.epochs * per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(raw_optimizer, _schedule(params.schedule, total))
     refs = {}
     for key, ref in (frozen or {}).items():
         ref = acc.prepare_model(ref.requires_grad_(False), evaluation_mode=True)
