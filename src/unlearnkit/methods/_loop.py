@@ -110,6 +110,15 @@ def _batches(driver, other, pairing: str, epochs: int, max_steps: int | None) ->
                 return
 
 
+def _non_finite(loss: torch.Tensor, acc: Any) -> bool:
+    """Whether the loss is NaN/inf on ANY process (all processes must stop together, or the others would wait at
+    the next all-reduce for ever)."""
+    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    if acc.num_processes > 1:
+        bad = acc.reduce(bad, reduction="sum")
+    return bool(bad.item() > 0)
+
+
 def run_loop(model: nn.Module, loss_fn: LossFn, params: LoopParams, *, forget: Dataset | None = None,
              retain: Dataset | None = None, pairing: Literal["forget", "retain", "zip"] = "forget",
              frozen: Mapping[str, nn.Module] | None = None, trainable: Callable[[str], bool] | None = None,
@@ -166,7 +175,7 @@ def run_loop(model: nn.Module, loss_fn: LossFn, params: LoopParams, *, forget: D
                                                         params.max_steps)):
             f_batch, r_batch = (first, second) if driver_is_forget else (second, first)
             loss = loss_fn(model, f_batch, r_batch, refs)
-            if not torch.isfinite(loss.detach()):  # e.g. unbounded gradient ascent: stop before the step spoils weights
+            if _non_finite(loss, acc):  # e.g. unbounded gradient ascent: stop before the step spoils weights
                 warnings.warn(f"{desc}: the loss became non-finite ({loss.item()}) at step {step}; stopping with the "
                               "weights of the last finite step", RuntimeWarning, stacklevel=2)
                 diverged = True
