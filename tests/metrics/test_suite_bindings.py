@@ -68,3 +68,12 @@ def test_forget_class_probability_for_several_forget_classes_matches_scipy():
     ev.labels["forget"] = np.where(np.arange(60) % 2 == 0, 1, 4)  # forget examples of two classes
     expected = softmax(ev.logits["forget"], axis=1)[np.arange(60), ev.labels["forget"]].mean()
     assert evaluate(ev, ["forget_class_prob"])["forget_class_prob"] == pytest.approx(expected)
+
+
+def test_a_metric_runs_once_per_evaluation():
+    ev = _ev(0)
+    evaluate(ev, ["accuracy"])
+    ev.logits["test"] = ev.logits["test"] * 0  # would change test_acc if accuracy ran again
+    assert evaluate(ev, ["accuracy", "cross_entropy"])["test_acc"] == C.accuracy(_ev(0).logits["test"],
+                                                                                   _ev(0).labels["test"])
+    assert ev.done == {"accuracy", "cross_entropy"}

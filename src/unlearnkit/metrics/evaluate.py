@@ -31,6 +31,7 @@ class Evaluation:
     labels: dict[str, np.ndarray]
     forget_classes: tuple[int, ...] = ()
     values: dict[str, float] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)  # metrics already computed into `values`
 
 
 @torch.no_grad()
@@ -76,10 +77,13 @@ def with_requirements(metrics: Iterable[str]) -> list[str]:
 
 def evaluate(ev: Evaluation, metrics: Iterable[str], ref: Evaluation | None = None) -> dict[str, float]:
     """Run the named metrics, and the metrics they require, on `ev` (per-model ones first, then
-    retrain-referenced ones) and return all values."""
+    retrain-referenced ones; a metric already computed on `ev` is not run again) and return all values."""
     entries = [METRICS.get(n) for n in with_requirements(metrics)]
     for entry in sorted(entries, key=lambda e: bool(e.tags.get("needs_reference"))):
+        if entry.name in ev.done:
+            continue
         if entry.tags.get("needs_reference") and ref is None:
             raise ValueError(f"metric '{entry.name}' compares with the retrained model: pass ref=")
         ev.values.update(entry.obj(ev, ref))
+        ev.done.add(entry.name)
     return dict(ev.values)
