@@ -13,7 +13,13 @@ def create_method(name: str, /, **hyperparameters: Any) -> Any:
 
 
 def _register_builtins() -> None:
-    from . import finetune, grad_ascent, neggrad_plus, retrain  # noqa: F401
+    """Import every method module of this package (each registers itself): adding a method is adding a file."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        if not module.name.startswith("_") and module.name != "losses":
+            importlib.import_module(f"{__name__}.{module.name}")
 
 
 _register_builtins()

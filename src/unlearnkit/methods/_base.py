@@ -14,6 +14,8 @@ no inheritance between methods.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -51,6 +53,20 @@ def register_method(name: str, *, paper: str, tasks: Sequence[str] = TASK_KINDS,
     return deco
 
 
+def variant(cls: type, name: str, doc: str, **defaults: Any) -> type:
+    """The same method with other defaults, to register under its own name (npo_kl = npo with retain_loss="kl").
+    A variant adds no behaviour: it is a named preset of the class's hyperparameters."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(defaults) - set(known))
+    if unknown:
+        raise TypeError(f"variant {name}: {cls.__name__} has no field(s) {unknown}")
+    namespace: dict[str, Any] = {"__doc__": doc, "__module__": cls.__module__, "__qualname__": name,
+                                 "__annotations__": {k: known[k].type for k in defaults}}
+    for key, value in defaults.items():
+        namespace[key] = dataclasses.field(default=value, metadata=known[key].metadata)
+    return dataclass(type(name, (cls,), namespace))
+
+
 def check_data(method: Any, data: Any) -> None:
     """Fail early, before any training, when a data set the method reads is missing or empty."""
     for which in getattr(method, "uses", ("forget",)):
@@ -73,10 +89,14 @@ class GradientMethod(LoopParams):
         raise NotImplementedError
 
     def frozen_models(self, model: nn.Module) -> dict[str, nn.Module]:
-        """Frozen copies the loss needs (reference / teacher), built from the model before unlearning."""
-        return {}
+        """Frozen copies the loss needs (reference / teacher), built from the model before unlearning. The default
+        gives {"ref": a copy of the original} exactly when `needs_reference` is true, so no method builds a
+        reference it does not use."""
+        return {"ref": copy.deepcopy(model)} if self.needs_reference else {}
 
-    def unlearn(self, model: nn.Module, data: Any, task: Any, accelerator: Any = None) -> nn.Module:
+    def unlearn(self, model: nn.Module, data: Any, task: Any, accelerator: Any = None,
+                after_step: Any = None) -> nn.Module:
+        """Run the loop on `self.loss`; `after_step(model, step)` is called after every optimiser step (curves)."""
         validate(self, where=f"method.{self.registry_name}")
         check_data(self, data)
         result = run_loop(
@@ -84,7 +104,7 @@ class GradientMethod(LoopParams):
             forget=data.forget if "forget" in self.uses else None,
             retain=data.retain if "retain" in self.uses else None,
             pairing=self.pairing, frozen=self.frozen_models(model), accelerator=accelerator,
-            desc=self.registry_name,
+            desc=self.registry_name, after_step=after_step,
         )
         self.losses_ = result.losses
         self.steps_ = result.steps

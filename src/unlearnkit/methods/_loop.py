@@ -122,13 +122,16 @@ def _non_finite(loss: torch.Tensor, acc: Any) -> bool:
 def run_loop(model: nn.Module, loss_fn: LossFn, params: LoopParams, *, forget: Dataset | None = None,
              retain: Dataset | None = None, pairing: Literal["forget", "retain", "zip"] = "forget",
              frozen: Mapping[str, nn.Module] | None = None, trainable: Callable[[str], bool] | None = None,
-             before_step: Callable[[nn.Module], None] | None = None, train_mode: bool = True,
+             before_step: Callable[[nn.Module], None] | None = None,
+             after_step: Callable[[nn.Module, int], None] | None = None, train_mode: bool = True,
              collate_fn=None, accelerator=None, desc: str = "unlearn", progress: bool | None = None) -> LoopResult:
     """Optimise `model` in place with `loss_fn` and return it (unwrapped) with the per-step losses.
 
     frozen:      reference/teacher models; prepared in evaluation mode, no gradients, passed to `loss_fn`.
     trainable:   predicate on parameter names; the others are frozen for the run (e.g. IMU's head-only update).
     before_step: called after backward and clipping, before the optimiser step (e.g. SalUn's gradient mask).
+    after_step:  called as after_step(model, steps_done) after every optimiser step (e.g. evaluation curves); the
+                 model's train/eval mode is restored afterwards.
     """
     if forget is None and retain is None:
         raise ValueError("run_loop needs a forget or a retain data set")
@@ -189,6 +192,9 @@ def run_loop(model: nn.Module, loss_fn: LossFn, params: LoopParams, *, forget: D
             optimizer.step()
             scheduler.step()
             losses.append(loss.detach())
+            if after_step is not None:
+                after_step(acc.unwrap_model(model), step + 1)
+                model.train(train_mode)
             bar.update(1)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{losses[-1].item():.4f}")

@@ -1,11 +1,17 @@
 """Pure loss atoms. Each takes a task adapter, a model and a batch (or precomputed tensors) and returns a scalar,
-so one atom serves classifiers and causal LMs alike. Methods compose these; they never re-derive them."""
+so one atom serves classifiers and causal LMs alike. Methods compose these; they never re-derive them.
+
+Notation: NLL = the task's mean loss (batch-mean CE; token-weighted mean NLL for causal LMs); log π(y|x) = the
+per-example log-probability (a sequence SUM for causal LMs); avg NLL_i = per-example mean token NLL (= −log p for a
+classifier). `ref` is a frozen copy of the original model.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -22,3 +28,50 @@ def ascent(task: Any, model: nn.Module, batch: Any) -> torch.Tensor:
 def retain_forget_mix(retain_loss: torch.Tensor, forget_loss: torch.Tensor, alpha: float) -> torch.Tensor:
     """α·L_retain − (1 − α)·L_forget (NegGrad+, Kurmanji et al. 2023)."""
     return alpha * retain_loss - (1 - alpha) * forget_loss
+
+
+def kl_to_reference(task: Any, model: nn.Module, ref: nn.Module, batch: Any) -> torch.Tensor:
+    """KL(p_ref ‖ p_θ) summed over the scored positions (answer tokens; one per example for a classifier), divided
+    by the batch size (specs/markov_imu.md §3). The reference runs without gradients."""
+    logp, mask = task.distribution(model, batch)
+    with torch.no_grad():
+        logp_ref, _ = task.distribution(ref, batch)
+    kl = (logp_ref.exp() * (logp_ref - logp)).sum(-1)  # [B] or [B, T-1]
+    return (kl * mask).sum() / task.batch_size(batch)
+
+
+def npo(task: Any, model: nn.Module, ref: nn.Module, batch: Any, beta: float) -> torch.Tensor:
+    """NPO (Zhang et al. 2024, arXiv 2404.05868): (2/β)·mean_i softplus(β·(log π_θ(y_i|x_i) − log π_ref(y_i|x_i))),
+    log π as sequence sums. Equals (2/β)·log 2 at the start; its gradient is gradient ascent weighted by
+    2σ(β·log π_θ/π_ref), which vanishes as forgetting proceeds."""
+    logp = task.per_example_logprob(model, batch)
+    with torch.no_grad():
+        logp_ref = task.per_example_logprob(ref, batch)
+    return (2.0 / beta) * F.softplus(beta * (logp - logp_ref)).mean()
+
+
+def simnpo(task: Any, model: nn.Module, batch: Any, beta: float, delta: float = 0.0) -> torch.Tensor:
+    """SimNPO (Fan et al. 2024, arXiv 2410.07163): (2/β)·mean_i softplus(−β·(avg NLL_i − δ)), length-normalised and
+    reference-free; minimising it raises the forget NLL."""
+    return (2.0 / beta) * F.softplus(-beta * (task.per_example_loss(model, batch) - delta)).mean()
+
+
+def weighted_ascent(per_example_nll: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """−Σ_i w_i·NLL_i / Σ_i w_i: gradient ascent with per-example weights (IMU, arXiv 2508.01620)."""
+    return -(weights * per_example_nll).sum() / weights.sum().clamp_min(torch.finfo(weights.dtype).tiny)
+
+
+def l1(parameters: list[torch.Tensor]) -> torch.Tensor:
+    """‖θ‖₁ over the given parameters."""
+    return sum(p.abs().sum() for p in parameters)
+
+
+def retain_term(kind: str, task: Any, model: nn.Module, batch: Any, ref: nn.Module | None) -> torch.Tensor:
+    """The retain loss of a forget/retain objective: "nll" -> NLL(B_r); "kl" -> KL(ref‖θ) on B_r; "none" -> 0."""
+    if kind == "nll":
+        return nll(task, model, batch)
+    if kind == "kl":
+        return kl_to_reference(task, model, ref, batch)
+    if kind == "none":
+        return torch.zeros((), device=next(model.parameters()).device)
+    raise ValueError(f"retain_loss='{kind}': must be one of none, nll, kl")

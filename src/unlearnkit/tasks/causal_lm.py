@@ -62,6 +62,12 @@ class CausalLMTask:
         logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         return logp * mask, mask
 
+    def distribution(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p(· | prefix) [B, T−1, V], mask [B, T−1]): the next-token distribution at every position, and which
+        positions are labelled (scored)."""
+        logits, _, mask = self.shifted(self.logits(model, batch), batch)
+        return torch.log_softmax(logits.float(), dim=-1), mask
+
     def per_example_logprob(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """log π(y | x) = Σ_t log p(y_t | y_<t, x) over labelled tokens, shape [B]."""
         logp, _ = self.token_logprobs(model, batch)

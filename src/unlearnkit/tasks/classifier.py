@@ -47,6 +47,11 @@ class ClassifierTask:
         """Batch-mean cross-entropy."""
         return self.per_example_loss(model, batch).mean()
 
+    def distribution(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p(· | x) [B, C], mask [B] of ones): the predictive distribution at every scored position."""
+        logp = torch.log_softmax(self.logits(model, batch).float(), dim=-1)
+        return logp, torch.ones(logp.shape[0], dtype=torch.bool, device=logp.device)
+
     def hidden_states(self, model: nn.Module, batch: Any, layer: str) -> torch.Tensor:
         """Output of submodule `layer` for this batch, e.g. the penultimate features."""
         return capture_output(model, layer, lambda: model(batch[0]))
