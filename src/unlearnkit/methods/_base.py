@@ -33,19 +33,20 @@ TASK_KINDS = ("classifier", "causal_lm")
 
 def register_method(name: str, *, paper: str, tasks: Sequence[str] = TASK_KINDS, kind: str | None = None):
     """Register a method class under `name`. Capability tags (used by `unlearnkit list methods`, the conformance
-    suite and the pipelines) are derived from the class: `kind` (gradient | one_shot; a subclass of GradientMethod
-    is "gradient" unless `kind` says otherwise), `tasks`, `uses` (which data sets it reads), `needs_retain`,
-    `needs_reference`."""
+    suite and the pipelines) are derived from the class and its default instance: `kind` (gradient | one_shot; a
+    subclass of GradientMethod is "gradient" unless `kind` says otherwise), `tasks`, `uses` (which data sets it
+    reads), `needs_retain`, `needs_reference` (`uses` and `needs_reference` may be properties of the fields)."""
 
     def deco(cls):
-        uses = tuple(getattr(cls, "uses", ("forget",)))
+        probe = cls()  # capabilities may be properties of the hyperparameters (e.g. a KL retain term needs a ref)
+        uses = tuple(getattr(probe, "uses", ("forget",)))
         tags = {
             "paper": paper,
             "tasks": tuple(tasks),
             "kind": kind or ("gradient" if issubclass(cls, GradientMethod) else "one_shot"),
             "uses": uses,
             "needs_retain": "retain" in uses,
-            "needs_reference": bool(getattr(cls, "needs_reference", False)),
+            "needs_reference": bool(getattr(probe, "needs_reference", False)),
         }
         cls.capabilities = tags
         return METHODS.register(name, **tags)(cls)
