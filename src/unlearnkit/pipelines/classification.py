@@ -15,20 +15,17 @@ after a crash, retrains nothing it has already finished.
 
 from __future__ import annotations
 
-import copy
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .. import __version__
-from .._io import append_jsonl, atomic_write_json, content_hash
+from .._io import append_jsonl, content_hash
 from .._registry import BENCHMARKS, DATASETS, METHODS, METRICS, MODELS
 from ..config import ConfigError, param, to_dict
 from ..methods._loop import LoopParams
 from ..metrics.suite import CLASSIFIER_METRICS
+from ._stages import now, start_run, unlearn_cached, versioned
 
 DEFAULT_METHODS = ("retrain", "finetune", "grad_ascent", "neggrad_plus")
 
@@ -169,8 +166,8 @@ class _Runner:
 
         cfg, data = self.plan.config, self.plan.data
         recipe = replace(cfg.train, seed=seed)
-        spec = {"kind": "original", "unlearnkit": __version__, "dataset": cfg.dataset, "data_hash": data.hash,
-                "model": cfg.model, "model_args": cfg.model_args, "recipe": to_dict(recipe), "seed": seed}
+        spec = versioned({"kind": "original", "dataset": cfg.dataset, "data_hash": data.hash, "model": cfg.model,
+                          "model_args": cfg.model_args, "recipe": to_dict(recipe), "seed": seed})
         model = build_model(cfg.model, seed=seed, input_shape=data.input_shape, num_classes=data.num_classes,
                             **cfg.model_args)
 
@@ -185,40 +182,20 @@ class _Runner:
         return Trained("original", "original", None, model.eval(), meta, hit, key)
 
     def spec(self, seed: int, method: Any, base: Trained) -> dict:
-        return {"kind": "unlearned", "unlearnkit": __version__, "base": base.key, "method": method.registry_name,
-                "params": to_dict(method), "split": self.plan.splits[seed].hash}
+        return versioned({"kind": "unlearned", "base": base.key, "method": method.registry_name,
+                          "params": to_dict(method), "split": self.plan.splits[seed].hash})
 
     def unlearned(self, seed: int, label: str, method: Any, base: Trained, udata: Any) -> Trained:
-        from ..cache import spec_key
-
-        spec = self.spec(seed, method, base)
-        key = spec_key(spec)
-        model = copy.deepcopy(base.model)
-
-        def run(m):
-            start = time.perf_counter()
-            out = method.unlearn(m, udata, self.task)
-            seconds = time.perf_counter() - start
-            if out is not m:
-                m.load_state_dict(out.state_dict())
-            return {"unlearn_time_s": seconds}
-
-        if self.plan.config.cache_unlearned or method.registry_name == "retrain":
-            model, meta, hit = self.cache.get_or_build(key, model, run, spec=spec)
-        else:
-            model, meta, hit = model, {"spec": spec, **run(model)}, False
+        enabled = self.plan.config.cache_unlearned or method.registry_name == "retrain"
+        model, meta, hit, key = unlearn_cached(self.cache, self.spec(seed, method, base), base.model, method, udata,
+                                               self.task, enabled=enabled)
         self.say(f"[seed {seed}] {label}: {'loaded from cache' if hit else 'done'} ({meta['unlearn_time_s']:.2f}s)")
-        return Trained(method.registry_name, label, method, model.eval(), meta, hit, key)
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return Trained(method.registry_name, label, method, model, meta, hit, key)
 
 
 def run_classification(cfg: ClassificationConfig, *, cache: Any = None,
                        say: Callable[[str], None] = print) -> RunResult:
     """Run the benchmark described by `cfg` (see the module docstring); returns the rows and the report path."""
-    from .._env import git_sha, hardware, package_versions
     from ..cache import ModelCache, spec_key
     from ..metrics.evaluate import collect_outputs, evaluate, with_requirements
     from ..report import build_report
@@ -226,12 +203,9 @@ def run_classification(cfg: ClassificationConfig, *, cache: Any = None,
     the_plan = plan(cfg)
     cache = cache or ModelCache()
     out_dir = Path(cfg.output_dir)
-    run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    versions = package_versions()
     config = to_dict(cfg)
-    atomic_write_json(out_dir / "runs" / f"{run_id}.json", {
-        "run_id": run_id, "config": config, "versions": versions, "git_sha": git_sha(), "hardware": hardware(),
-        "cache_root": str(cache.root), "splits": {s: sp.describe() for s, sp in the_plan.splits.items()}})
+    run_id, versions = start_run(out_dir, config, cache,
+                                 splits={s: sp.describe() for s, sp in the_plan.splits.items()})
     common = {"run_id": run_id, "benchmark": cfg.benchmark, "scenario": cfg.scenario, "model": cfg.model,
               "data_hash": the_plan.data.hash, "versions": versions, "config": config}
     runner = _Runner(the_plan, cache, say)
@@ -261,7 +235,7 @@ def run_classification(cfg: ClassificationConfig, *, cache: Any = None,
                 times = {"unlearn_s": t.meta["unlearn_time_s"], "retrain_s": retrain_s,
                          "rte": t.meta["unlearn_time_s"] / retrain_s}
                 params = to_dict(t.method)
-            row = {**common, "variant": variant(cfg, params), "created": _now(), "method": t.name, "label": t.label,
+            row = {**common, "variant": variant(cfg, params), "created": now(), "method": t.name, "label": t.label,
                    "params": params, "seed": seed, "seeds": {"train": seed, "unlearn": params["seed"], "eval": 0},
                    "metrics": values, "times": times, "cached": t.hit, "cache_key": t.key, "split_hash": split.hash}
             append_jsonl(out_dir / "results.jsonl", row)
