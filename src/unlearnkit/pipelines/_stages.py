@@ -10,11 +10,23 @@ import copy
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from .._io import atomic_write_json
+
+
+@dataclass
+class RunResult:
+    """What a benchmark run returns: its directory, the rows it appended, the report, and which models came from
+    the cache ("seed/label" -> bool)."""
+
+    output_dir: Path
+    rows: list[dict] = field(default_factory=list)
+    report: Path | None = None
+    cache_hits: dict[str, bool] = field(default_factory=dict)
 
 
 def now() -> str:

@@ -25,7 +25,7 @@ from .._registry import BENCHMARKS, DATASETS, METHODS, METRICS, MODELS
 from ..config import ConfigError, param, to_dict
 from ..methods._loop import LoopParams
 from ..metrics.suite import CLASSIFIER_METRICS
-from ._stages import now, start_run, unlearn_cached, versioned
+from ._stages import RunResult, now, start_run, unlearn_cached, versioned
 
 DEFAULT_METHODS = ("retrain", "finetune", "grad_ascent", "neggrad_plus")
 
@@ -81,14 +81,6 @@ class Plan:
     splits: dict[int, Any]
     methods: dict[int, list[tuple[str, Any]]]  # seed -> [(label, method instance)]
     gold: dict[int, Any]  # seed -> the gold-standard Retrain instance
-
-
-@dataclass
-class RunResult:
-    output_dir: Path
-    rows: list[dict] = field(default_factory=list)
-    report: Path | None = None
-    cache_hits: dict[str, bool] = field(default_factory=dict)  # "seed/label" -> loaded from cache
 
 
 SEED_KEYS = ("seed", "init_seed")
