@@ -113,7 +113,7 @@ class Registry:
 
 
 METHODS = Registry("method", builtins=("unlearnkit.methods",))
-METRICS = Registry("metric", builtins=("unlearnkit.metrics.suite",))
+METRICS = Registry("metric", builtins=("unlearnkit.metrics.suite", "unlearnkit.metrics.markov"))
 MODELS = Registry("model", builtins=("unlearnkit.models",))
 DATASETS = Registry("dataset", builtins=("unlearnkit.data",))
 TASKS = Registry("task", builtins=("unlearnkit.tasks",))

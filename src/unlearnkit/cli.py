@@ -6,6 +6,7 @@
     unlearnkit show method NAME                 a method's hyperparameters and defaults
     unlearnkit report DIR                       rebuild DIR/report.md from DIR/results.jsonl
     unlearnkit cache ls | rm KEY_PREFIX | clear | path
+    unlearnkit markov generate-data|train|unlearn-imu|unlearn [the IMU seed's flags]
 
 Bad input (an unknown name, a misspelled key, a value out of range, a missing file) is one line on stderr and exit
 status 2, before any training starts and before any file is written.
@@ -24,13 +25,16 @@ LISTS = ("methods", "metrics", "benchmarks", "models", "datasets", "presets")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from ._registry import BENCHMARKS
     from .pipelines import run
-    from .report import format_table, latest_rows, summarize
+    from .report import DEFAULT_COLUMNS, format_table, latest_rows, summarize
 
     result = run(args.preset, args.overrides)
-    for (bench, scenario, model), rows in summarize(latest_rows(result.rows)).items():
+    bench = result.rows[0]["benchmark"]
+    columns = BENCHMARKS.get(bench).tags.get("columns", DEFAULT_COLUMNS)
+    for (bench, scenario, model), rows in summarize(latest_rows(result.rows), columns).items():
         print(f"\n{bench} / {scenario} / {model}\n")
-        print(format_table(rows))
+        print(format_table(rows, columns))
     hits = sum(result.cache_hits.values())
     print(f"models: {hits} of {len(result.cache_hits)} loaded from the cache, {len(result.cache_hits) - hits} "
           "trained in this run")
@@ -64,7 +68,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         entry = registry.get(name)
         tags = entry.tags
         if args.what == "methods":
-            print(f"{name:16s} {tags['kind']:9s} {'/'.join(tags['tasks']):22s} {tags['paper']}")
+            print(f"{name:20s} {tags['kind']:9s} {'/'.join(tags['tasks']):22s} {tags['paper']}")
         else:
             print(f"{name:20s} {tags.get('paper') or entry.doc}")
     return 0
@@ -154,6 +158,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         argv = ["run"]  # `unlearnkit` alone runs the quick start
+    if argv[0] == "markov":  # the IMU seed's own commands and flags (pipelines/markov_cli.py)
+        from .pipelines.markov_cli import main as markov_main
+
+        try:
+            return markov_main(argv[1:])
+        except (ConfigError, RegistryError) as err:
+            print(f"unlearnkit: error: {err}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     if args.command is None:
         args = build_parser().parse_args(["run", *argv])

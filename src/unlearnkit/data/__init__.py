@@ -7,7 +7,7 @@ __all__ = ["SCENARIOS", "ArrayData", "Split", "UnlearnData", "make_split", "reso
 
 
 def _register_builtins() -> None:
-    from . import digits  # noqa: F401
+    from . import digits, markov  # noqa: F401
 
 
 _register_builtins()

@@ -54,7 +54,7 @@ def run(preset: str = "digits", overrides: Sequence[str] = (), **kwargs: Any) ->
 
 
 def _register_builtins() -> None:
-    from . import classification  # noqa: F401
+    from . import classification, markov  # noqa: F401
 
 
 _register_builtins()

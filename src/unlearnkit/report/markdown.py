@@ -53,8 +53,23 @@ MISSING = "–"
 
 _FIRST_LABELS = ("original", "retrain")
 
+NAN_MEANS = {"reach_step_forget1": "never", "retain_kl_at_reach": "never"}
+"""Cell text of columns whose NaN means something (a step never reached) rather than 'not reported'."""
+
 # key -> (table header, one-line legend: formula and orientation)
 COLUMN_INFO: dict[str, tuple[str, str]] = {
+    **{f"kl_retrain_{s}": (f"KL→retrain {s} ↓", f"mean token KL(p_retrain ‖ p_θ) on the {s} test sequences; "
+                           "0 = indistinguishable from the retrained model, lower is better")
+       for s in ("forget1", "forget2", "forget", "retain")},
+    **{f"kl_true_{s}": (f"KL→true {s}", f"mean token KL(P_chain ‖ p_θ) on the {s} test sequences (forget quality: "
+                        "target = the retrain row)") for s in ("forget1", "forget2", "forget")},
+    "kl_true_retain": ("KL→true retain ↓", "retain distance: mean token KL(P_retain ‖ p_θ) on the retain test "
+                       "sequences; lower is better"),
+    **{f"loss_{s}": (f"loss {s}", f"mean token cross-entropy on the {s} test sequences (nats)")
+       for s in ("forget1", "forget2", "forget", "retain")},
+    "reach_step_forget1": ("reach step", "first iteration at which the forget1 forget quality (KL→true forget1) "
+                           "reaches the retrained model's value; – = never"),
+    "retain_kl_at_reach": ("retain KL at reach ↓", "retain distance at the reach step; lower is better"),
     "forget_acc": (
         "forget acc",
         "accuracy (%) on the forget set; target = the retrain row (neither higher nor lower is "
@@ -301,7 +316,10 @@ def format_table(
         cells = [_escape_cell(row.label), str(row.n)]
         for col in columns:
             iv = row.values.get(col)
-            cells.append(_escape_cell(_format_cell(iv, digits)) if iv is not None else MISSING)
+            if iv is not None and not _finite(iv.mean) and col in NAN_MEANS:
+                cells.append(NAN_MEANS[col])
+            else:
+                cells.append(_escape_cell(_format_cell(iv, digits)) if iv is not None else MISSING)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -417,9 +435,19 @@ def _legend(columns: Sequence[str]) -> list[str]:
     return lines
 
 
-def build_report(run_dir: str | Path, *, columns: Sequence[str] = DEFAULT_COLUMNS) -> Path:
-    """Rebuild ``<run_dir>/report.md`` (and one PNG per group) from ``<run_dir>/results.jsonl``.
+def _benchmark_tags(benchmark: str) -> dict:
+    """The registered benchmark's report hooks: `columns` (its table columns) and `figures` (a function
+    (rows, run_dir, stem) -> [PNG paths] drawing its own figures, e.g. the Markov curves). Unknown -> {}."""
+    from unlearnkit._registry import BENCHMARKS
 
+    return BENCHMARKS.get(benchmark).tags if benchmark in BENCHMARKS else {}
+
+
+def build_report(run_dir: str | Path, *, columns: Sequence[str] | None = None) -> Path:
+    """Rebuild ``<run_dir>/report.md`` (and the PNGs) from ``<run_dir>/results.jsonl``.
+
+    Columns: ``columns`` if given, else the benchmark's registered columns, else ``DEFAULT_COLUMNS``. The ToW
+    summary figure is drawn for groups that report ToW; a benchmark's `figures` hook adds its own figures.
     Raises ``ValueError`` when the file is missing or holds no rows.  Returns the report path.
     """
     run_dir = Path(run_dir)
@@ -429,7 +457,10 @@ def build_report(run_dir: str | Path, *, columns: Sequence[str] = DEFAULT_COLUMN
     if not rows:
         raise ValueError(f"no results in {run_dir}/results.jsonl")
     kept = latest_rows(rows)
-    summary = summarize(kept, columns)
+    group_columns = {key: tuple(columns or _benchmark_tags(key[0]).get("columns", DEFAULT_COLUMNS))
+                     for key in dict.fromkeys(_group_key(r) for r in kept)}
+    summary = {key: srows for cols in dict.fromkeys(group_columns.values())
+               for key, srows in summarize([r for r in kept if group_columns[_group_key(r)] == cols], cols).items()}
 
     run_ids = _sorted_unique(r.get("run_id") for r in kept)
     out = [
@@ -449,7 +480,14 @@ def build_report(run_dir: str | Path, *, columns: Sequence[str] = DEFAULT_COLUMN
         used_names.add(candidate)
         image = f"{candidate}.png"
         heading = f"{benchmark} / {scenario} / {model}"
-        plot_summary(srows, run_dir / image, title=heading)
+        cols = group_columns[(benchmark, scenario, model)]
+        images = []
+        if any("tow" in r.values for r in srows):
+            plot_summary(srows, run_dir / image, title=heading)
+            images.append(image)
+        hook = _benchmark_tags(benchmark).get("figures")
+        if hook is not None:
+            images += [Path(p).name for p in hook(group_rows, run_dir, candidate)]
         seeds = _sorted_unique(r.get("seed") for r in group_rows)
         ns = sorted({r.n for r in srows})
         n_text = (
@@ -460,14 +498,14 @@ def build_report(run_dir: str | Path, *, columns: Sequence[str] = DEFAULT_COLUMN
         out += [
             f"## {heading}",
             "",
-            format_table(srows, columns).rstrip("\n"),
+            format_table(srows, cols).rstrip("\n"),
             "",
             f"{n_text}; seeds: {', '.join(str(s) for s in seeds) or MISSING}.",
             "",
-            f"![{heading}]({image})",
-            "",
+            *[f"![{heading}]({img})\n" for img in images],
         ]
-    out += ["## Columns", "", *_legend(columns), "", "## Runs covered", ""]
+    legend_columns = list(dict.fromkeys(c for cols in group_columns.values() for c in cols))
+    out += ["## Columns", "", *_legend(legend_columns), "", "## Runs covered", ""]
     out += [f"- `{rid}`" for rid in run_ids] or [f"- {MISSING}"]
     report = run_dir / "report.md"
     return Path(atomic_write_text(report, "\n".join(out) + "\n"))

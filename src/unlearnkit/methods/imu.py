@@ -1,0 +1,118 @@
+"""IMU `imu`: influence-guided machine unlearning without retain data (Fan et al. 2025, arXiv 2508.01620;
+specs/markov_imu.md §3, the Markov version of the seed's `unlearn_IMU.py`).
+
+Once, on the ORIGINAL model, over the whole forget set D_f (see `_influence.py`):
+    g_i = ∇_{θ_h} NLL(z_i)                      θ_h = the selected parameters (default: the output layer)
+    I_i = −(g_i ⊙ F⁻¹)·ḡ,  F⁻¹ = 1/(mean g² + λ),  ḡ = mean g
+    keep I_i < 0 (the top_data fraction by |I_i|);  w_i = min(sqrt(|I_i|), q_clip(w))
+Then, θ_h only (everything else frozen), for each batch B of kept examples:
+    L = −Σ_{i∈B} w_i·NLL(z_i) / Σ_{i∈B} w_i + α·‖θ_h‖₁
+Unlike the seed: the influences come from the trained model (not a fresh one), no example's gradient is
+overwritten by the mean, there is one backward per step, and the L1 term carries gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from ..config import param, validate
+from . import losses
+from ._base import GradientMethod, check_data, register_method
+from ._influence import (
+    NotTheLogits,
+    head_grads_closed_form,
+    influence_weights,
+    linear_head,
+    per_example_grads,
+    select_parameters,
+)
+from ._loop import run_loop
+
+
+class _Weighted(Dataset):
+    """The kept examples of `base`, each with its weight: (x, y, w) for tuple items, {..., "weight": w} for dicts.
+    The task adapters ignore the extra element / key."""
+
+    def __init__(self, base: Dataset, kept: Tensor, weights: Tensor) -> None:
+        self.base, self.kept, self.weights = base, kept.tolist(), weights
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    def __getitem__(self, j: int) -> Any:
+        item, w = self.base[self.kept[j]], self.weights[j]
+        return {**item, "weight": w} if isinstance(item, Mapping) else (*item, w)
+
+
+def _weights_of(batch: Any) -> Tensor:
+    return batch["weight"] if isinstance(batch, Mapping) else batch[-1]
+
+
+@register_method("imu", paper="Fan et al. 2025, arXiv 2508.01620 (IMU: influence-guided machine unlearning)")
+@dataclass
+class IMU(GradientMethod):
+    """Influence-weighted gradient ascent on the forget set only; influences from the original model, computed once."""
+
+    uses = ("forget",)
+    pairing = "forget"
+    alpha: float = param(1e-4, ge=0, help="weight of the L1 term α·‖θ_h‖₁ (seed default 1e-4; its script passes 0.002)")
+    lam: float = param(0.01, gt=0, help="Fisher damping λ")
+    top_data: float = param(1.0, gt=0, le=1, help="fraction of the negative-influence examples kept")
+    clip_quantile: float = param(0.93, gt=0, le=1, help="weights are clipped above at this quantile")
+    params: list[str] = param([], help="fnmatch patterns of the parameters updated and used for influence; "
+                                       "empty = the output layer")
+    grad_method: Literal["auto", "closed_form", "vmap"] = param(
+        "auto", help="per-example gradients: closed form when params is exactly one Linear head, else vmap")
+    lr: float = param(5e-4, gt=0, help="learning rate (seed: AdamW 5e-4)")
+    epochs: int = param(1, ge=0, help="passes over the kept forget examples")
+    batch_size: int = param(4, gt=0, help="forget batch size (seed: 4)")
+    optimizer: Literal["sgd", "adam", "adamw"] = param("adamw", help="optimiser (seed: transformers AdamW)")
+    weight_decay: float = param(0.0, ge=0, help="weight decay (seed: transformers AdamW default 0)")
+
+    def per_example_grads(self, model: nn.Module, task: Any, dataset: Dataset, names: list[str]) -> dict[str, Tensor]:
+        """g_i for every example of `dataset` w.r.t. `names`; sets `grad_method_` to the way used."""
+        head = linear_head(model, names)
+        if self.grad_method == "closed_form" and head is None:
+            raise ValueError(f"grad_method='closed_form' needs params to be exactly the weight (+ bias) of one "
+                             f"unshared nn.Linear; got {names}")
+        if self.grad_method != "vmap" and head is not None:
+            try:
+                grads = head_grads_closed_form(model, task, dataset, head, batch_size=256)
+                self.grad_method_ = "closed_form"
+                return grads
+            except NotTheLogits:
+                if self.grad_method == "closed_form":
+                    raise
+        self.grad_method_ = "vmap"
+        return per_example_grads(model, task, dataset, names, batch_size=256)
+
+    def unlearn(self, model: nn.Module, data: Any, task: Any, accelerator: Any = None,
+                after_step: Any = None) -> nn.Module:
+        validate(self, where=f"method.{self.registry_name}")
+        check_data(self, data)
+        names = select_parameters(model, self.params)
+        grads = self.per_example_grads(model, task, data.forget, names)  # on the original model, before any step
+        kept, weights, influences = influence_weights(grads, lam=self.lam, top_data=self.top_data,
+                                                      clip_quantile=self.clip_quantile)
+        del grads
+        self.params_, self.kept_ = names, kept.cpu()
+        self.weights_, self.influences_ = weights.cpu(), influences.cpu()
+        named = dict(model.named_parameters())
+        selected = [named[n] for n in names]  # the same objects after accelerate wraps the model
+        alpha = self.alpha
+
+        def loss(m: nn.Module, forget: Any, _retain: Any, _frozen: Any) -> Tensor:
+            nll = task.per_example_loss(m, forget)  # [B]
+            w = _weights_of(forget).to(nll)  # [B]
+            return losses.weighted_ascent(nll, w) + alpha * losses.l1(selected)
+
+        result = run_loop(model, loss, self, forget=_Weighted(data.forget, self.kept_, self.weights_),
+                          trainable=lambda n: n in names, accelerator=accelerator, desc=self.registry_name,
+                          after_step=after_step)
+        self.losses_, self.steps_, self.diverged_ = result.losses, result.steps, result.diverged
+        return result.model

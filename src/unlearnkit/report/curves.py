@@ -1,0 +1,94 @@
+"""Curves of sequence-model benchmarks (specs/markov_imu.md §4): each metric against the unlearning iteration, one
+line per method (mean over seeds), the retrained model's value dashed; and the SimNPO-style trade-off plot
+(x = retain distance, y = forget quality on forget1 solid / forget2 dashed, original and retrained as points)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from .._io import atomic_write_bytes
+
+FAMILIES = {"kl_retrain": "KL(p_retrain ‖ p_θ) ↓", "kl_true": "KL(P_chain ‖ p_θ)", "loss": "token cross-entropy"}
+SPLITS = ("retain", "forget", "forget1", "forget2")
+
+
+def _save(fig, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def mean_curves(rows: list[dict]) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """label -> (steps, {metric: mean over the label's rows (seeds) at each step}) for rows that carry a curve."""
+    out: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+    for label in dict.fromkeys(r["label"] for r in rows if r.get("curve")):
+        curves = [r["curve"] for r in rows if r["label"] == label and r.get("curve")]
+        length = min(len(c) for c in curves)
+        steps = np.array([p["step"] for p in curves[0][:length]])
+        keys = [k for k in curves[0][0] if k != "step"]
+        out[label] = (steps, {k: np.mean([[p.get(k, np.nan) for p in c[:length]] for c in curves], axis=0)
+                              for k in keys})
+    return out
+
+
+def _final(rows: list[dict], label: str, key: str) -> float:
+    values = [r["metrics"].get(key) for r in rows if r["label"] == label]
+    values = [v for v in values if isinstance(v, int | float)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def plot_curves(rows: list[dict], run_dir: Path, stem: str) -> list[Path]:
+    """Write <stem>-curve-<family>.png per metric family and <stem>-tradeoff.png; return their paths."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    curves = mean_curves(rows)
+    if not curves:
+        return []
+    palette = matplotlib.colormaps["tab20"]
+    color = {label: palette(i % 20) for i, label in enumerate(curves)}
+    paths = []
+    for family, title in FAMILIES.items():
+        fig = Figure(figsize=(11, 7))
+        for i, split in enumerate(SPLITS):
+            ax = fig.add_subplot(2, 2, i + 1)
+            key = f"{family}_{split}"
+            for label, (steps, values) in curves.items():
+                if key in values:
+                    ax.plot(steps, values[key], label=label, linewidth=1.2, color=color[label])
+            target = _final(rows, "retrain", key)
+            if np.isfinite(target):
+                ax.axhline(target, color="black", linestyle="--", linewidth=1, label="retrain")
+            ax.set_title(f"{split}")
+            ax.set_xlabel("unlearning iteration")
+            ax.set_ylabel(title)
+        handles, labels = fig.axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center right", fontsize=7)
+        fig.suptitle(f"{title} during unlearning (mean over seeds)")
+        fig.subplots_adjust(right=0.8, hspace=0.35, wspace=0.3)
+        paths.append(_save(fig, Path(run_dir) / f"{stem}-curve-{family}.png"))
+
+    fig = Figure(figsize=(8, 6))
+    ax = fig.add_subplot(1, 1, 1)
+    for label, (_, values) in curves.items():
+        if "kl_true_retain" not in values:
+            continue
+        ax.plot(values["kl_true_retain"], values["kl_true_forget1"], label=label, linewidth=1.2, color=color[label])
+        ax.plot(values["kl_true_retain"], values["kl_true_forget2"], linestyle="--", color=color[label], linewidth=1.0)
+    for label, marker in (("original", "o"), ("retrain", "*")):
+        x = _final(rows, label, "kl_true_retain")
+        for split, fill in (("forget1", "full"), ("forget2", "none")):
+            ax.plot([x], [_final(rows, label, f"kl_true_{split}")], marker=marker, markersize=11, color="black",
+                    fillstyle=fill, linestyle="none", label=f"{label} ({split})")
+    ax.set_xlabel("retain distance: KL(P_retain ‖ p_θ) on retain ↓")
+    ax.set_ylabel("forget quality: KL(P_chain ‖ p_θ) (forget1 solid, forget2 dashed)")
+    ax.set_title("trade-off during unlearning")
+    ax.legend(fontsize=7, loc="best")
+    paths.append(_save(fig, Path(run_dir) / f"{stem}-tradeoff.png"))
+    return paths
