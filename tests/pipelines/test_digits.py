@@ -13,7 +13,8 @@ import pytest
 from unlearnkit._io import read_jsonl
 from unlearnkit.cli import main
 
-FAST = ["train.epochs=4", "method.finetune.epochs=2", "method.neggrad_plus.epochs=1", "method.grad_ascent.epochs=2"]
+FAST = ["train.epochs=4", "method.finetune.epochs=2", "method.neggrad_plus.epochs=1", "method.grad_ascent.epochs=2",
+        "method.grad_diff.epochs=1", "method.npo.epochs=1", "method.simnpo.epochs=1", "method.imu.epochs=1"]
 
 
 def run_cli(*args):
@@ -25,7 +26,8 @@ def test_quick_start_table_cache_reuse_and_report(home, tmp_path, capsys):
     assert run_cli(f"output_dir={out}") == 0
     first = capsys.readouterr().out
     rows = read_jsonl(out / "results.jsonl")
-    assert [r["label"] for r in rows] == ["original", "retrain", "finetune", "grad_ascent", "neggrad_plus"]
+    assert [r["label"] for r in rows] == ["original", "retrain", "finetune", "grad_ascent", "neggrad_plus",
+                                          "grad_diff", "npo", "simnpo", "imu"]
     by = {r["label"]: r for r in rows}
     assert by["retrain"]["metrics"]["tow"] == 1.0 and by["retrain"]["metrics"]["avg_gap"] == 0.0
     assert max(r["metrics"]["tow"] for r in rows if r["label"] not in ("retrain", "original")) > 0.9
@@ -33,15 +35,15 @@ def test_quick_start_table_cache_reuse_and_report(home, tmp_path, capsys):
         by["finetune"]["times"]["unlearn_s"] / by["retrain"]["times"]["unlearn_s"])
     for r in rows:
         assert r["versions"]["torch"] and r["split_hash"] and r["data_hash"] and r["seeds"]["train"] == 0
-    assert "| retrain | 1 |" in first and "models: 0 of 5 loaded from the cache, 5 trained in this run" in first
+    assert "| retrain | 1 |" in first and "models: 0 of 9 loaded from the cache, 9 trained in this run" in first
     assert (out / "report.md").is_file() and list(out.glob("report-*.png"))
     assert len(list((out / "runs").glob("*.json"))) == 1
 
     assert run_cli(f"output_dir={out}") == 0  # warm: everything from the cache, same numbers
     second = capsys.readouterr().out
     assert "original: loaded from cache" in second and "retrain (gold standard): loaded from cache" in second
-    assert "models: 5 of 5 loaded from the cache, 0 trained in this run" in second
-    again = read_jsonl(out / "results.jsonl")[5:]
+    assert "models: 9 of 9 loaded from the cache, 0 trained in this run" in second
+    again = read_jsonl(out / "results.jsonl")[9:]
     assert [r["metrics"] for r in again] == [r["metrics"] for r in rows]
     assert all(r["cached"] for r in again)
 

@@ -27,7 +27,7 @@ from ..methods._loop import LoopParams
 from ..metrics.suite import CLASSIFIER_METRICS
 from ._stages import RunResult, now, start_run, unlearn_cached, versioned
 
-DEFAULT_METHODS = ("retrain", "finetune", "grad_ascent", "neggrad_plus")
+DEFAULT_METHODS = ("retrain", "finetune", "grad_ascent", "neggrad_plus", "grad_diff", "npo", "simnpo", "imu")
 
 
 @dataclass
