@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from .._registry import METHODS
-from ..config import validate
+from ..config import param, validate
 from ._loop import LoopParams, run_loop
 
 TASK_KINDS = ("classifier", "causal_lm")
@@ -61,8 +62,9 @@ def variant(cls: type, name: str, doc: str, **defaults: Any) -> type:
     unknown = sorted(set(defaults) - set(known))
     if unknown:
         raise TypeError(f"variant {name}: {cls.__name__} has no field(s) {unknown}")
+    hints = typing.get_type_hints(cls)  # resolved types: the string annotations may name imports of another module
     namespace: dict[str, Any] = {"__doc__": doc, "__module__": cls.__module__, "__qualname__": name,
-                                 "__annotations__": {k: known[k].type for k in defaults}}
+                                 "__annotations__": {k: hints[k] for k in defaults}}
     for key, value in defaults.items():
         namespace[key] = dataclasses.field(default=value, metadata=known[key].metadata)
     return dataclass(type(name, (cls,), namespace))
@@ -111,3 +113,40 @@ class GradientMethod(LoopParams):
         self.steps_ = result.steps
         self.diverged_ = result.diverged
         return result.model
+
+
+@dataclass
+class ForgetRetainObjective(GradientMethod):
+    """L = γ·L_forget(B_f) + α·L_retain(B_r), with OpenUnlearning's loop defaults (specs/llm.md §1): the shared form
+    of GradDiff, NPO, SimNPO and the LLM methods built like them. A subclass defines only `forget_loss`.
+
+    retain_loss: "none" (the forget set alone), "nll" (NLL on B_r) or "kl" (KL(ref‖θ) on B_r, which builds the
+    frozen reference)."""
+
+    pairing: ClassVar[str] = "forget"
+    gamma: float = param(1.0, ge=0, help="weight of the forget loss")
+    alpha: float = param(1.0, ge=0, help="weight of the retain loss (not neggrad_plus's mixing alpha)")
+    retain_loss: Literal["none", "nll", "kl"] = param("none", help="retain loss: none, NLL(B_r) or KL(ref‖θ) on B_r")
+    lr: float = param(1e-5, gt=0, help="learning rate")
+    epochs: int = param(10, ge=0, help="passes over the forget set (the retain set is cycled beside it)")
+    optimizer: Literal["sgd", "adam", "adamw"] = param("adamw", help="optimiser")
+    weight_decay: float = param(0.01, ge=0, help="weight decay")
+    batch_size: int = param(32, gt=0, help="forget / retain batch size")
+
+    @property
+    def uses(self) -> tuple[str, ...]:
+        return ("forget",) if self.retain_loss == "none" else ("forget", "retain")
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.retain_loss == "kl"
+
+    def forget_loss(self, task: Any, model: nn.Module, forget: Any, frozen: Mapping[str, nn.Module]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, task: Any, model: nn.Module, forget: Any, retain: Any,
+             frozen: Mapping[str, nn.Module]) -> torch.Tensor:
+        from . import losses
+
+        retain_loss = losses.retain_term(self.retain_loss, task, model, retain, frozen.get("ref"))
+        return self.gamma * self.forget_loss(task, model, forget, frozen) + self.alpha * retain_loss

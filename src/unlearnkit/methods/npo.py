@@ -10,39 +10,24 @@ which vanishes as forgetting proceeds. `npo` itself is the pure NPO loss (retain
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from ..config import param
 from . import losses
-from ._base import GradientMethod, register_method, variant
-from .grad_diff import objective, reads
+from ._base import ForgetRetainObjective, register_method, variant
 
 PAPER = "Zhang et al. 2024, arXiv 2404.05868 (NPO)"
 
 
 @register_method("npo", paper=PAPER)
 @dataclass
-class NPO(GradientMethod):
+class NPO(ForgetRetainObjective):
     """Negative preference optimisation on the forget set against the original model."""
 
-    pairing = "forget"
     needs_reference = True  # π_ref of the NPO loss itself
     beta: float = param(0.1, gt=0, help="inverse temperature β of the NPO loss")
-    gamma: float = param(1.0, ge=0, help="weight of the NPO forget loss")
-    alpha: float = param(1.0, ge=0, help="weight of the retain loss")
-    retain_loss: Literal["none", "nll", "kl"] = param("none", help="retain loss: none, NLL(B_r) or KL(ref‖θ) on B_r")
-    lr: float = param(1e-5, gt=0, help="learning rate")
-    epochs: int = param(10, ge=0, help="passes over the forget set")
-    optimizer: Literal["sgd", "adam", "adamw"] = param("adamw", help="optimiser")
-    weight_decay: float = param(0.01, ge=0, help="weight decay")
-    batch_size: int = param(32, gt=0, help="forget / retain batch size")
 
-    @property
-    def uses(self) -> tuple[str, ...]:
-        return reads(self.retain_loss)
-
-    def loss(self, task, model, forget, retain, frozen):
-        return objective(self, task, model, losses.npo(task, model, frozen["ref"], forget, self.beta), retain, frozen)
+    def forget_loss(self, task, model, forget, frozen):
+        return losses.npo(task, model, frozen["ref"], forget, self.beta)
 
 
 NPOKL = register_method("npo_kl", paper=PAPER)(variant(

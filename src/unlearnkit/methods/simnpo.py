@@ -10,43 +10,24 @@ OpenUnlearning's SimNPO, whose γ default is 0.125), `simnpo_kl` adds KL(ref‖�
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from ..config import param
 from . import losses
-from ._base import GradientMethod, register_method, variant
-from .grad_diff import objective, reads
+from ._base import ForgetRetainObjective, register_method, variant
 
 PAPER = "Fan et al. 2024, arXiv 2410.07163 (SimNPO)"
 
 
 @register_method("simnpo", paper=PAPER)
 @dataclass
-class SimNPO(GradientMethod):
+class SimNPO(ForgetRetainObjective):
     """Reference-free, length-normalised NPO on the forget set."""
 
-    pairing = "forget"
     beta: float = param(4.5, gt=0, help="inverse temperature β of the SimNPO loss")
     delta: float = param(0.0, help="reward margin δ (the paper's γ divided by β)")
-    gamma: float = param(1.0, ge=0, help="weight of the SimNPO forget loss")
-    alpha: float = param(1.0, ge=0, help="weight of the retain loss")
-    retain_loss: Literal["none", "nll", "kl"] = param("none", help="retain loss: none, NLL(B_r) or KL(ref‖θ) on B_r")
-    lr: float = param(1e-5, gt=0, help="learning rate")
-    epochs: int = param(10, ge=0, help="passes over the forget set")
-    optimizer: Literal["sgd", "adam", "adamw"] = param("adamw", help="optimiser")
-    weight_decay: float = param(0.01, ge=0, help="weight decay")
-    batch_size: int = param(32, gt=0, help="forget / retain batch size")
 
-    @property
-    def uses(self) -> tuple[str, ...]:
-        return reads(self.retain_loss)
-
-    @property
-    def needs_reference(self) -> bool:
-        return self.retain_loss == "kl"
-
-    def loss(self, task, model, forget, retain, frozen):
-        return objective(self, task, model, losses.simnpo(task, model, forget, self.beta, self.delta), retain, frozen)
+    def forget_loss(self, task, model, forget, frozen):
+        return losses.simnpo(task, model, forget, self.beta, self.delta)
 
 
 SimNPOKL = register_method("simnpo_kl", paper=PAPER)(variant(
