@@ -72,6 +72,14 @@ def test_reach_is_the_first_step_at_the_target():
     assert all(math.isnan(v) for v in reach(curve, 1.0))
 
 
+def test_several_seeds_are_averaged_with_intervals(home, tmp_path):
+    assert run("methods=[grad_ascent]", "seeds=[1,2]", "unlearn.max_iterations=2", f"output_dir={tmp_path / 's'}") == 0
+    report = (tmp_path / "s" / "report.md").read_text()
+    for label in ("original", "retrain", "grad_ascent"):
+        assert f"| {label} | 2 |" in report  # one row per label, n = 2 seeds, not one row per seed
+    assert "±" in report
+
+
 def test_forget_set_choice_is_recorded_and_changes_the_forget_data(home, tmp_path):
     assert run("methods=[grad_ascent]", "forget_set=forget1", f"output_dir={tmp_path / 'f1'}") == 0
     rows = rows_by_label(tmp_path / "f1" / "results.jsonl")

@@ -276,7 +276,7 @@ def run_markov(cfg: MarkovConfig, *, cache: Any = None, say: Callable[[str], Non
                                                reach(curve, target), strict=True))}
             row = {**common, "created": now(), "method": label, "label": label, "params": params, "seed": seed,
                    "seeds": {"data": cfg.data.seed, "train": seed, "unlearn": params.get("seed", seed)},
-                   "variant": stage.key[:8] if stage.method is None else _variant(cfg, params),
+                   "variant": _variant(cfg, params),
                    "metrics": values, "times": times, "cached": stage.hit, "cache_key": stage.key, "curve": curve}
             append_jsonl(out_dir / "results.jsonl", row)
             result.rows.append(row)
@@ -286,6 +286,7 @@ def run_markov(cfg: MarkovConfig, *, cache: Any = None, say: Callable[[str], Non
 
 
 def _variant(cfg: MarkovConfig, params: dict) -> str:
+    """Everything that defines a row's experiment except the seeds: rows of one label and variant are averaged."""
     from .._io import content_hash
 
     setting = {k: to_dict(cfg)[k] for k in ("data", "model", "pretrain", "only_forget1", "forget_set")}

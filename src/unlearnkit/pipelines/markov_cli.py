@@ -17,7 +17,6 @@ win. The seed's three seeds map to --seed of each command; the later commands al
 from __future__ import annotations
 
 import argparse
-import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -195,4 +194,4 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
-__all__ = ["build_parser", "config_from_flags", "loss_name", "main", "shutil"]
+__all__ = ["build_parser", "config_from_flags", "loss_name", "main"]
