@@ -27,7 +27,7 @@ from torch import nn
 
 from .._registry import METHODS
 from ..config import param, validate
-from ._loop import LoopParams, run_loop
+from ._loop import LoopParams, record, run_loop
 
 TASK_KINDS = ("classifier", "causal_lm")
 
@@ -109,10 +109,7 @@ class GradientMethod(LoopParams):
             pairing=self.pairing, frozen=self.frozen_models(model), accelerator=accelerator,
             desc=self.registry_name, after_step=after_step,
         )
-        self.losses_ = result.losses
-        self.steps_ = result.steps
-        self.diverged_ = result.diverged
-        return result.model
+        return record(self, result)
 
 
 @dataclass

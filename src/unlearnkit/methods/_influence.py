@@ -28,6 +28,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from ..tasks._hooks import eval_mode
+
 
 class NotTheLogits(ValueError):
     """The layer given to `head_grads_closed_form` does not produce the logits the task scores."""
@@ -99,19 +101,6 @@ class _Functional:
         return functional_call(self.model, self.tensors, args, kwargs)
 
 
-class _EvalMode:
-    """Evaluation mode inside the block, the previous mode after it."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.was_training = model, model.training
-
-    def __enter__(self) -> None:
-        self.model.eval()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.model.train(self.was_training)
-
-
 def _check(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Parameter]:
     named = dict(model.named_parameters())
     missing = [n for n in names if n not in named]
@@ -137,7 +126,7 @@ def per_example_grads(model: nn.Module, task: Any, dataset: Dataset, names: list
     device = next(iter(params.values())).device
     out: dict[str, list[Tensor]] = {n: [] for n in names}
     # no_grad: no autograd graph for the constant parameters; torch.func.grad ignores the outer no_grad.
-    with _EvalMode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for batch in _batches(dataset, batch_size, device):
             for n, g in per_batch(params, batch).items():  # [B, *shape]
                 out[n].append(g)
@@ -149,7 +138,7 @@ def per_example_grads_loop(model: nn.Module, task: Any, dataset: Dataset, names:
     params = _check(model, names)
     device = next(iter(params.values())).device
     out: dict[str, list[Tensor]] = {n: [] for n in names}
-    with _EvalMode(model):
+    with eval_mode(model):
         for i in range(len(dataset)):
             batch = _apply(default_collate([dataset[i]]), lambda t: t.to(device))
             loss = task.per_example_loss(model, batch).sum()
@@ -177,7 +166,7 @@ def head_grads_closed_form(model: nn.Module, task: Any, dataset: Dataset, head: 
     out: dict[str, list[Tensor]] = {f"{prefix}weight": [], f"{prefix}bias": []}
     handle = module.register_forward_hook(hook)
     try:
-        with _EvalMode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for batch in _batches(dataset, batch_size, module.weight.device):
                 logits = task.logits(model, batch)
                 if captured["out"].shape != logits.shape or not torch.allclose(captured["out"].to(logits), logits):

@@ -58,6 +58,13 @@ class LoopResult:
     diverged: bool = False  # stopped because the loss became non-finite (weights of the last finite step kept)
 
 
+def record(method: Any, result: LoopResult) -> nn.Module:
+    """Store a run's diagnostics on the method (losses_, steps_, seconds_, diverged_) and return its model."""
+    method.losses_, method.steps_ = result.losses, result.steps
+    method.seconds_, method.diverged_ = result.seconds, result.diverged
+    return result.model
+
+
 def default_accelerator():
     """The process-wide Accelerator (created on first use; honours `accelerate launch` settings)."""
     global _ACCELERATOR

@@ -31,7 +31,7 @@ from ._influence import (
     per_example_grads,
     select_parameters,
 )
-from ._loop import run_loop
+from ._loop import record, run_loop
 
 
 class _Weighted(Dataset):
@@ -114,5 +114,4 @@ class IMU(GradientMethod):
         result = run_loop(model, loss, self, forget=_Weighted(data.forget, self.kept_, self.weights_),
                           trainable=lambda n: n in names, accelerator=accelerator, desc=self.registry_name,
                           after_step=after_step)
-        self.losses_, self.steps_, self.diverged_ = result.losses, result.steps, result.diverged
-        return result.model
+        return record(self, result)

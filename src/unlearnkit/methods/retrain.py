@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from ..config import param, validate
 from ._base import check_data, register_method
-from ._loop import LoopParams, LoopResult, run_loop
+from ._loop import LoopParams, LoopResult, record, run_loop
 
 
 def reinitialize(model: nn.Module, seed: int) -> nn.Module:
@@ -64,6 +64,4 @@ class Retrain(LoopParams):
         check_data(self, data)
         result = fit(reinitialize(model, self.init_seed), data.retain, task, self, accelerator=accelerator,
                      desc="retrain")
-        self.losses_ = result.losses
-        self.seconds_ = result.seconds
-        return result.model
+        return record(self, result)

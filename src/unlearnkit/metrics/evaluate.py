@@ -37,17 +37,15 @@ class Evaluation:
 @torch.no_grad()
 def predict(model: nn.Module, dataset: Any, task: Any, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """(logits, labels) of a whole data set, batched, in evaluation mode (the model's mode is restored)."""
-    was_training = model.training
-    model.eval()
+    from ..tasks._hooks import eval_mode
+
     device = next(model.parameters()).device
     logits, labels = [], []
-    try:
+    with eval_mode(model):
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
             batch = [t.to(device) for t in batch]
             logits.append(task.logits(model, batch).float().cpu())
             labels.append(task.labels(batch).cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
 

@@ -81,21 +81,18 @@ def collect_sequence_outputs(model: torch.nn.Module, prepared: SequenceEvalData,
                              batch_size: int = 1024) -> SequenceOutputs:
     """Run `model` once over the test sequences of every chain (chunks of `batch_size`) -> per-split log-probs."""
     from ..tasks import get_task
+    from ..tasks._hooks import eval_mode
 
     task = get_task("causal_lm")
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     logp: dict[str, torch.Tensor] = {}
-    try:
+    with eval_mode(model):
         for chain, batch in prepared.batches.items():
             n = len(batch["input_ids"])
             logp[chain] = torch.cat([
                 task.distribution(model, {k: v[i:i + batch_size].to(device) for k, v in batch.items()})[0].cpu()
                 for i in range(0, n, batch_size)])  # [N, T, S]
-        logp["forget"] = _pad_cat([logp["forget1"], logp["forget2"]], 0.0)
-    finally:
-        model.train(was_training)
+    logp["forget"] = _pad_cat([logp["forget1"], logp["forget2"]], 0.0)
     return SequenceOutputs(logp, prepared.true, prepared.targets, prepared.mask)
 
 

@@ -1,8 +1,10 @@
-"""Capture a named submodule's output during one forward pass (shared by both task kinds)."""
+"""Helpers for running a model, shared by both task kinds, the metrics and the methods: capture a named
+submodule's output during one forward pass; evaluation mode for a block."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -28,3 +30,14 @@ def capture_output(model: nn.Module, layer: str, run: Callable[[], Any]) -> torc
     finally:
         handle.remove()
     return captured[-1]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in evaluation mode inside the block; its previous train/eval mode restored after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
