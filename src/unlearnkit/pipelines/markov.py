@@ -225,6 +225,16 @@ class MarkovRunner:
         return Stage(name, model, meta, hit, key, method)
 
 
+def final_point(stage: Stage) -> dict[str, float] | None:
+    """The metrics of the unlearned model when its curve already holds them (a point after the run's last step,
+    max_steps); None when the run stopped early, had no max_steps, or evaluated every k > 1 steps off the end."""
+    curve = stage.meta.get("curve") or []
+    last_step = getattr(stage.method, "max_steps", None)
+    if curve and last_step and curve[-1]["step"] == last_step:
+        return {k: v for k, v in curve[-1].items() if k != "step"}
+    return None
+
+
 def reach(curve: list[dict[str, float]], target: float) -> tuple[float, float]:
     """(first iteration whose forget1 forget quality kl_true_forget1 reaches the retrained model's value, the retain
     distance kl_true_retain there); (nan, nan) when never reached ("never" in the report)."""
@@ -260,7 +270,7 @@ def run_markov(cfg: MarkovConfig, *, cache: Any = None, say: Callable[[str], Non
         stages = [(original, start_values)] + ([(gold, runner.metrics(gold.model, ref))] if gold else [])
         for name, method in create_methods(cfg, seed):
             stage = runner.unlearned(seed, name, method, original, ref)
-            stages.append((stage, runner.metrics(stage.model, ref)))
+            stages.append((stage, final_point(stage) or runner.metrics(stage.model, ref)))
         target = stages[1][1]["kl_true_forget1"] if gold else math.inf
         for stage, values in stages:
             label = {"pretrain": "original", "retain": "retrain"}.get(stage.name, stage.name)
