@@ -13,11 +13,19 @@ import pytest
 from unlearnkit.testing import memorized
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _launch(tmp_path, *args):
     out = tmp_path / "result"
     worker = Path(__file__).with_name("_ddp_worker.py")
     # torchrun sets RANK/WORLD_SIZE; ACCELERATE_USE_CPU makes accelerate pick multi-CPU DDP (gloo)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            str(worker), str(out), *args]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
