@@ -49,4 +49,6 @@ class UnlearnData:
     retain: Dataset | None = None
     test: Dataset | None = None
     num_classes: int | None = None
-    forget_classes: tuple[int, ...] = ()
+    forget_classes: tuple[int, ...] = ()  # class scenario: the forgotten classes (coarse labels)
+    test_forget: np.ndarray | None = None  # indices into `test` of the forgotten (sub-)class(es); None = random
+    train_hash: str | None = None  # content hash of the full training set D = forget ∪ retain (keys caches of D)

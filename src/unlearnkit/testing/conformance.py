@@ -6,6 +6,8 @@ On a tiny model that has memorized its forget set, for every task kind the metho
 3. the same seed gives the same weights (two runs from the same original);
 4. every returned weight is finite;
 5. the forget loss (mean per-example loss on the forget set) rises.
+A class-forgetting method (one that needs `data.forget_classes`) declares `toy_scenario = "class"` and is checked on
+the toy whose forget set is a whole class.
 Third-party methods use it the same way: `check_method(MyMethod(...))`.
 """
 
@@ -63,7 +65,7 @@ def check_method(method: Any, *, tasks: tuple[str, ...] | None = None) -> list[C
     results = []
     for kind in kinds:
         task = get_task(kind)
-        original, data = memorized(kind)
+        original, data = memorized(kind, scenario=getattr(type(inst), "toy_scenario", "random"))
         before = forget_loss(original, data, task)
         params, twin = to_dict(inst), copy.deepcopy(inst)
         where = f"{name} on {kind}"

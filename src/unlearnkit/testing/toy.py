@@ -24,8 +24,10 @@ from ..tasks import get_task
 N_CLASSES, N_FEATURES = 4, 8
 
 
-def tiny_classification_data(seed: int = 0, n_per_class: int = 40, n_forget: int = 12) -> UnlearnData:
-    """Four Gaussian clusters in 8-D; the forget set is `n_forget` training points with a wrong label."""
+def tiny_classification_data(seed: int = 0, n_per_class: int = 40, n_forget: int = 12,
+                             scenario: str = "random") -> UnlearnData:
+    """Four Gaussian clusters in 8-D. scenario="random": the forget set is `n_forget` training points with a wrong
+    label; scenario="class": the forget set is every training point of class 0 (forget_classes=(0,))."""
     g = torch.Generator().manual_seed(seed)
     centers = 3.0 * torch.randn(N_CLASSES, N_FEATURES, generator=g)
 
@@ -36,6 +38,13 @@ def tiny_classification_data(seed: int = 0, n_per_class: int = 40, n_forget: int
     x, y = draw(n_per_class)
     x_test, y_test = draw(n_per_class // 2)
     order = torch.randperm(len(y), generator=g)
+    if scenario == "class":
+        forget, retain = order[y[order] == 0], order[y[order] != 0]
+        return UnlearnData(forget=TensorDataset(x[forget], y[forget]), retain=TensorDataset(x[retain], y[retain]),
+                           test=TensorDataset(x_test, y_test), num_classes=N_CLASSES, forget_classes=(0,),
+                           test_forget=(y_test == 0).nonzero().flatten().numpy())
+    if scenario != "random":
+        raise ValueError(f"scenario='{scenario}': must be random or class")
     forget, retain = order[:n_forget], order[n_forget:]
     wrong = (y[forget] + 1 + torch.randint(0, N_CLASSES - 1, (n_forget,), generator=g)) % N_CLASSES
     return UnlearnData(forget=TensorDataset(x[forget], wrong), retain=TensorDataset(x[retain], y[retain]),
@@ -133,10 +142,12 @@ class _Both(Dataset):
 
 
 @lru_cache(maxsize=4)
-def _memorized(kind: str, seed: int) -> tuple[nn.Module, UnlearnData]:
+def _memorized(kind: str, seed: int, scenario: str) -> tuple[nn.Module, UnlearnData]:
     if kind == "classifier":
-        model, data = tiny_classifier(seed), tiny_classification_data(seed)
+        model, data = tiny_classifier(seed), tiny_classification_data(seed, scenario=scenario)
         recipe = LoopParams(lr=0.01, epochs=150, batch_size=32, optimizer="adam", weight_decay=0.0, seed=seed)
+    elif scenario != "random":
+        raise ValueError(f"scenario='{scenario}': the toy causal LM has only the random scenario")
     else:
         model, data = tiny_causal_lm(seed), tiny_lm_data(seed)
         recipe = LoopParams(lr=0.01, epochs=120, batch_size=16, optimizer="adam", weight_decay=0.0, seed=seed)
@@ -144,7 +155,8 @@ def _memorized(kind: str, seed: int) -> tuple[nn.Module, UnlearnData]:
     return model.eval(), data
 
 
-def memorized(kind: str = "classifier", seed: int = 0) -> tuple[nn.Module, UnlearnData]:
-    """(an original model that has memorized its forget set, the data) for task kind `kind`; a fresh copy each call."""
-    model, data = _memorized(kind, seed)
+def memorized(kind: str = "classifier", seed: int = 0, scenario: str = "random") -> tuple[nn.Module, UnlearnData]:
+    """(an original model trained on its forget set, the data) for task kind `kind`; a fresh copy each call.
+    scenario="random" (memorized wrong labels) or "class" (classifier only: forget every example of class 0)."""
+    model, data = _memorized(kind, seed, scenario)
     return copy.deepcopy(model), data
