@@ -12,7 +12,9 @@ def _ev(seed, n=60, c=3, forget_classes=()):
     rng = np.random.default_rng(seed)
     logits = {s: rng.normal(size=(n, c)) * 3 for s in ("forget", "retain", "test")}
     labels = {s: rng.integers(0, c, n) for s in ("forget", "retain", "test")}
-    return Evaluation(logits, labels, forget_classes)
+    ev = Evaluation(logits, labels, forget_classes)
+    ev.incompetent_forget = rng.normal(size=(n, c)) * 0.1
+    return ev
 
 
 def test_reference_metrics_against_the_pure_functions():
@@ -28,6 +30,38 @@ def test_reference_metrics_against_the_pure_functions():
     assert values["avg_gap"] == pytest.approx(gap)
     self_values = evaluate(r, ["tow", "avg_gap"], ref=r)
     assert self_values["tow"] == 1.0 and self_values["tow_mia"] == 1.0 and self_values["avg_gap"] == 0.0
+
+
+def test_zrf_against_scipy_jensenshannon():
+    from scipy.spatial.distance import jensenshannon
+    from scipy.special import softmax
+
+    ev = _ev(4)
+    value = evaluate(ev, ["zrf"])["zrf"]
+    p, q = softmax(ev.logits["forget"], axis=1), softmax(ev.incompetent_forget, axis=1)
+    assert value == pytest.approx(1 - np.mean(jensenshannon(p, q, axis=1) ** 2), abs=1e-10)
+    same = Evaluation(ev.logits, ev.labels, incompetent_forget=ev.logits["forget"].copy())
+    assert evaluate(same, ["zrf"])["zrf"] == pytest.approx(1.0)  # identical to the random model: fully "forgotten"
+    far = Evaluation({**ev.logits, "forget": np.array([[50.0, -50.0]])}, ev.labels,
+                     incompetent_forget=np.array([[-50.0, 50.0]]))
+    assert evaluate(far, ["zrf"])["zrf"] == pytest.approx(1 - np.log(2))  # disjoint supports: JS = log 2
+
+
+def test_zrf_without_the_random_model_outputs_is_an_error():
+    ev = _ev(0)
+    ev.incompetent_forget = None
+    with pytest.raises(ValueError, match="randomly initialised model"):
+        evaluate(ev, ["zrf"])
+
+
+def test_subclass_test_accuracies_use_the_test_forget_indices():
+    ev = _ev(2)
+    ev.test_forget = np.arange(0, 60, 3)  # e.g. the test images of one fine class; labels are superclasses
+    values = evaluate(ev, ["accuracy"])
+    mask = np.zeros(60, dtype=bool)
+    mask[ev.test_forget] = True
+    assert values["test_forget_acc"] == pytest.approx(C.accuracy(ev.logits["test"][mask], ev.labels["test"][mask]))
+    assert values["test_retain_acc"] == pytest.approx(C.accuracy(ev.logits["test"][~mask], ev.labels["test"][~mask]))
 
 
 def test_forget_class_test_accuracies():

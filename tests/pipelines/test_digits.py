@@ -103,7 +103,12 @@ def test_class_scenario_and_seeds_give_intervals(home, tmp_path, capsys):
     (["method.finetune.lr=-0.1"], "method.finetune.lr = -0.1: must be > 0"),
     (["train.lr=-1"], "train.lr = -1: must be > 0"),
     (["forget_size=5000"], "forget_size=5000 is not smaller than the training set (1347 examples)"),
-    (["scenario=class", "forget_classes=[12]"], "[12] not in the training labels"),
+    (["scenario=class", "forget_classes=[12]"], "class index 12 is out of range; allowed: 0..9"),
+    (["scenario=class", "forget_classes=[-1]"], "class index -1 is out of range; allowed: 0..9"),
+    (["scenario=class", "forget_classes=[zero]"], "unknown class name 'zero'"),
+    (["scenario=subclass", "forget_subclasses=[0]"], "scenario=subclass needs a data set with fine labels; "
+                                                      "dataset='digits' has none"),
+    (["dataset_args={root: /tmp}"], "dataset_args ['root'] not accepted by data set 'digits'"),
     (["model=resnet9000"], "model='resnet9000' is not registered"),
     (["train.seed=3"], "train.seed=3: each run's training seed comes from seeds=[...]"),
     (["metrics=[accuracy,no_such_metric]"], "unknown metric 'no_such_metric'"),

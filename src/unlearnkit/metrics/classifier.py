@@ -162,6 +162,31 @@ def prediction_entropy(logits: ArrayLike) -> np.ndarray:
     return -terms.sum(axis=1)
 
 
+def js_divergence(logits_p: ArrayLike, logits_q: ArrayLike) -> np.ndarray:
+    """Per-example Jensen–Shannon divergence (nats) between softmax(logits_p) and softmax(logits_q):
+    ``JS(p, q) = ½ KL(p ‖ m) + ½ KL(q ‖ m)``, ``m = ½ (p + q)``, in ``[0, log 2]``; shape ``[N]``. Equals
+    ``scipy.spatial.distance.jensenshannon(p, q) ** 2``. A true JS divergence, unlike the SSD/JiT reference's
+    "JSDiv" (vision.md §6)."""
+    zp, zq = _as_logits(logits_p, "logits_p"), _as_logits(logits_q, "logits_q")
+    if zp.shape != zq.shape:
+        raise ValueError(f"logits_p and logits_q must have the same shape; got {zp.shape} and {zq.shape}")
+    lp, lq = log_softmax(zp), log_softmax(zq)
+    lm = np.logaddexp(lp, lq) - np.log(2.0)
+    p, q = np.exp(lp), np.exp(lq)
+    with np.errstate(invalid="ignore"):
+        kl_p = np.where(p > 0, p * (lp - lm), 0.0).sum(axis=1)
+        kl_q = np.where(q > 0, q * (lq - lm), 0.0).sum(axis=1)
+    return np.clip(0.5 * (kl_p + kl_q), 0.0, np.log(2.0))
+
+
+def zrf(logits: ArrayLike, incompetent_logits: ArrayLike) -> float:
+    """Zero Retrain Forgetting score (Chundawat et al. 2023), ``ZRF = 1 − mean_i JS(f(x_i), T_d(x_i))`` over the
+    forget set, with T_d a randomly initialised model of the same architecture. With JS in nats the score lies in
+    ``[1 − log 2, 1]``; higher = closer to the random model's outputs (more forgotten). Empty input returns ``nan``."""
+    js = js_divergence(logits, incompetent_logits)
+    return float("nan") if js.shape[0] == 0 else float(1.0 - js.mean())
+
+
 # --------------------------------------------------------------------------------------------------
 # retrain-referenced aggregate metrics
 # --------------------------------------------------------------------------------------------------

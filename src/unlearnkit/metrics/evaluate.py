@@ -32,6 +32,8 @@ class Evaluation:
     forget_classes: tuple[int, ...] = ()
     values: dict[str, float] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)  # metrics already computed into `values`
+    test_forget: np.ndarray | None = None  # indices into the test split of the forgotten (sub-)classes
+    incompetent_forget: np.ndarray | None = None  # logits [N_f, C] of a randomly initialised twin on D_f (ZRF)
 
 
 @torch.no_grad()
@@ -50,12 +52,17 @@ def predict(model: nn.Module, dataset: Any, task: Any, batch_size: int = 512) ->
 
 
 def collect_outputs(model: nn.Module, data: Any, task: Any, *, batch_size: int = 512,
-                    splits: Sequence[str] = SPLITS) -> Evaluation:
-    """Predictions of `model` on each split of `data` (an `UnlearnData`)."""
+                    splits: Sequence[str] = SPLITS, incompetent: nn.Module | None = None) -> Evaluation:
+    """Predictions of `model` on each split of `data` (an `UnlearnData`); `incompetent` (a randomly initialised model
+    of the same architecture) adds its forget-set logits, which the ZRF metric reads."""
     logits, labels = {}, {}
     for name in splits:
         logits[name], labels[name] = predict(model, getattr(data, name), task, batch_size)
-    return Evaluation(logits, labels, tuple(getattr(data, "forget_classes", ())))
+    ev = Evaluation(logits, labels, tuple(getattr(data, "forget_classes", ())),
+                    test_forget=getattr(data, "test_forget", None))
+    if incompetent is not None:
+        ev.incompetent_forget = predict(incompetent, data.forget, task, batch_size)[0]
+    return ev
 
 
 def with_requirements(metrics: Iterable[str]) -> list[str]:

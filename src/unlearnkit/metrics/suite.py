@@ -20,8 +20,13 @@ def accuracy(ev: Evaluation, ref: Evaluation | None = None) -> dict[str, float]:
     accuracy on the forget classes (test_forget_acc) and on the other classes (test_retain_acc)."""
     out = {f"{s}_acc": C.accuracy(ev.logits[s], ev.labels[s]) for s in ("forget", "retain", "test")}
     out["ua"] = 100.0 - out["forget_acc"]
-    if ev.forget_classes:
+    in_forget = None
+    if ev.test_forget is not None and len(ev.test_forget):  # class / sub-class scenario ("Df" and "Dr" of SSD/JiT)
+        in_forget = np.zeros(len(ev.labels["test"]), dtype=bool)
+        in_forget[ev.test_forget] = True
+    elif ev.forget_classes:
         in_forget = np.isin(ev.labels["test"], ev.forget_classes)
+    if in_forget is not None:
         out["test_forget_acc"] = C.accuracy(ev.logits["test"][in_forget], ev.labels["test"][in_forget])
         out["test_retain_acc"] = C.accuracy(ev.logits["test"][~in_forget], ev.labels["test"][~in_forget])
     return out
@@ -69,6 +74,19 @@ def mia_entropy_lr(ev: Evaluation, ref: Evaluation | None = None) -> dict[str, f
     return {"mia_entropy_lr": mia.mia_entropy_lr(ev.logits["retain"], ev.logits["test"], ev.logits["forget"])}
 
 
+@METRICS.register("zrf", task="classifier", needs_reference=False)
+def zrf(ev: Evaluation, ref: Evaluation | None = None) -> dict[str, float]:
+    """ZRF = 1 − mean_{x∈D_f} JS(softmax f(x) ‖ softmax T_d(x)), T_d a randomly initialised model of the same
+    architecture (Chundawat et al. 2023; a true Jensen–Shannon divergence in nats). In [1 − log 2, 1]; higher = the
+    forget outputs look more like an untrained model's. Needs the pipeline to collect `incompetent_forget`."""
+    if ev.incompetent_forget is None:
+        raise ValueError("metric 'zrf' needs the forget-set logits of a randomly initialised model: collect the "
+                         "outputs with collect_outputs(..., incompetent=model)")
+    if not _finite(ev, "zrf"):
+        return {"zrf": float("nan")}
+    return {"zrf": C.zrf(ev.logits["forget"], ev.incompetent_forget)}
+
+
 @METRICS.register("tow", task="classifier", needs_reference=True, requires=("accuracy", "mia_svc"))
 def tow(ev: Evaluation, ref: Evaluation) -> dict[str, float]:
     """ToW = Π_{D∈{D_f,D_r,D_t}} (1 − |acc_u(D) − acc_r(D)|/100); ToW-MIA replaces the forget factor by
@@ -94,4 +112,5 @@ def avg_gap(ev: Evaluation, ref: Evaluation) -> dict[str, float]:
     return {"avg_gap": C.avg_gap(pick(ev.values), pick(ref.values))}
 
 
-CLASSIFIER_METRICS = ("accuracy", "cross_entropy", "forget_class_prob", "mia_svc", "mia_entropy_lr", "tow", "avg_gap")
+CLASSIFIER_METRICS = ("accuracy", "cross_entropy", "forget_class_prob", "mia_svc", "mia_entropy_lr", "zrf", "tow",
+                      "avg_gap")

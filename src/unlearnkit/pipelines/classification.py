@@ -46,11 +46,16 @@ class ClassificationConfig:
 
     benchmark: str = param("digits", help="benchmark name (the registered pipeline)")
     dataset: str = param("digits", help="registered data set")
-    model: str = param("mlp", help="registered model builder (mlp, cnn, ...)")
+    dataset_args: dict[str, Any] = param({}, help="keyword arguments of the data set loader, e.g. root, download")
+    model: str = param("mlp", help="registered model builder (mlp, cnn, resnet18, vgg11, vit_b_16, ...)")
     model_args: dict[str, Any] = param({}, help="extra keyword arguments of the model builder")
-    scenario: Literal["random", "class"] = param("random", help="forgetting scenario")
+    scenario: Literal["random", "class", "subclass"] = param("random", help="forgetting scenario")
     forget_size: float = param(0.1, gt=0, help="random scenario: a count (>= 1) or a fraction (< 1) of the train set")
-    forget_classes: list[int] = param([0], ge=0, help="class scenario: the classes to forget")
+    forget_classes: list[int | str] = param([0], help="class scenario: the classes to forget (indices or names)")
+    forget_subclasses: list[int | str] = param([], help="subclass scenario: the fine classes to forget (indices or "
+                                                        "names, e.g. [rocket] on cifar20)")
+    train_augment: bool = param(False, help="augment the original training and the gold retrain (crop + flip); "
+                                            "unlearning never augments")
     seeds: list[int] = param([0], help="one full run per seed (split, training and unlearning); >1 gives 95% CIs")
     train: TrainRecipe = field(default_factory=TrainRecipe)
     methods: list[str] = param(list(DEFAULT_METHODS), help="registered methods to run")
@@ -89,13 +94,12 @@ SEED_KEYS = ("seed", "init_seed")
 def variant(cfg: ClassificationConfig, params: dict) -> str:
     """A short hash of everything that defines a row's experiment except the seeds: rows of the same label and
     variant are repetitions over seeds; rows of another variant are never averaged with them."""
-    setting = {k: v for k, v in to_dict(cfg).items() if k in ("benchmark", "dataset", "model", "model_args",
-                                                               "scenario", "forget_size", "forget_classes")}
+    keys = ("benchmark", "dataset", "model", "model_args", "scenario",
+            {"random": "forget_size", "class": "forget_classes", "subclass": "forget_subclasses"}[cfg.scenario])
+    setting = {k: v for k, v in to_dict(cfg).items() if k in keys}
     setting["train"] = {k: v for k, v in to_dict(cfg.train).items() if k not in SEED_KEYS}
-    if cfg.scenario == "class":
-        setting.pop("forget_size")
-    else:
-        setting.pop("forget_classes")
+    if cfg.train_augment:  # only when on, so rows of runs from before the option keep their variant
+        setting["train_augment"] = True
     return content_hash({**setting, "params": {k: v for k, v in params.items() if k not in SEED_KEYS}})[:8]
 
 
@@ -108,15 +112,26 @@ def plan(cfg: ClassificationConfig) -> Plan:
         METHODS.get(name)
     for name in cfg.metrics:
         METRICS.get(name)
-    data = DATASETS.get(cfg.dataset).obj()
+    data = load_dataset(cfg.dataset, cfg.dataset_args)
+    check_model(cfg, data)
     from ..data import make_split
 
+    fine = getattr(data, "fine_train", None) is not None
+    if cfg.scenario == "subclass" and not fine:
+        with_fine = [n for n in DATASETS.list() if DATASETS.get(n).tags.get("fine_labels")]
+        raise ConfigError(f"scenario=subclass needs a data set with fine labels; dataset='{cfg.dataset}' has none "
+                          f"(data sets with fine labels: {', '.join(with_fine)})")
+    classes = resolve_classes(cfg.forget_classes, getattr(data, "class_names", ()), data.num_classes,
+                              "forget_classes") if cfg.scenario == "class" else []
+    subclasses = resolve_classes(cfg.forget_subclasses, getattr(data, "fine_names", ()),
+                                 int(data.fine_train.max()) + 1, "forget_subclasses") if cfg.scenario == "subclass" else []
     splits, methods, gold = {}, {}, {}
     for seed in cfg.seeds:
         try:
-            splits[seed] = make_split(data.y_train, len(data.y_test), scenario=cfg.scenario, seed=seed,
-                                      data_hash=data.hash, forget_size=cfg.forget_size,
-                                      forget_classes=cfg.forget_classes)
+            splits[seed] = make_split(data.y_train, data.y_test, scenario=cfg.scenario, seed=seed,
+                                      data_hash=data.hash, forget_size=cfg.forget_size, forget_classes=classes,
+                                      forget_subclasses=subclasses, train_fine=getattr(data, "fine_train", None),
+                                      test_fine=getattr(data, "fine_test", None))
         except ValueError as err:
             raise ConfigError(str(err)) from None
         recipe = {**to_dict(cfg.train), "seed": seed}
@@ -127,6 +142,45 @@ def plan(cfg: ClassificationConfig) -> Plan:
             base = {**recipe, "init_seed": seed} if name == "retrain" else {"seed": seed}
             methods[seed].append((name, METHODS.create(name, **{**base, **overrides})))
     return Plan(cfg, data, splits, methods, gold)
+
+
+def load_dataset(name: str, args: dict[str, Any]) -> Any:
+    """The registered data set `name` loaded with `args` (root, download, ...); a bad argument is a ConfigError."""
+    import inspect
+
+    loader = DATASETS.get(name).obj
+    accepted = inspect.signature(getattr(loader, "__wrapped__", loader)).parameters
+    unknown = sorted(set(args) - set(accepted))
+    if unknown:
+        raise ConfigError(f"dataset_args {unknown} not accepted by data set '{name}'; it takes: "
+                          f"{', '.join(accepted) or 'no arguments'}")
+    return loader(**args)
+
+
+def check_model(cfg: ClassificationConfig, data: Any) -> None:
+    """Build the model once, so that an input size or a class count it cannot take fails before any training."""
+    from ..models import build_model
+
+    try:
+        build_model(cfg.model, seed=0, input_shape=data.input_shape, num_classes=data.num_classes, **cfg.model_args)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model='{cfg.model}' on dataset '{cfg.dataset}' (input {data.input_shape}, "
+                          f"{data.num_classes} classes): {err}") from None
+
+
+def resolve_classes(wanted: list[int | str], names: tuple[str, ...], count: int, key: str) -> list[int]:
+    """Class indices from indices or names; an index outside [0, count) or an unknown name is a ConfigError."""
+    out = []
+    for c in wanted:
+        if isinstance(c, str):
+            if c not in names:
+                raise ConfigError(f"{key}: unknown class name '{c}'; " + (f"names: {', '.join(names)}" if names else
+                                  "this data set has no class names, give indices"))
+            c = names.index(c)
+        if not 0 <= c < count:
+            raise ConfigError(f"{key}={wanted}: class index {c} is out of range; allowed: 0..{count - 1}")
+        out.append(int(c))
+    return out
 
 
 @dataclass
@@ -140,6 +194,13 @@ class Trained:
     meta: dict
     hit: bool  # loaded from the cache
     key: str
+
+
+def train_set(data: Any, indices: Any, augment: bool, seed: int) -> Any:
+    """The training view of `indices` (augmented only when asked: original training and the gold retrain)."""
+    if augment:
+        return data.subset("train", indices, augment=True, augment_seed=seed)
+    return data.subset("train", indices)
 
 
 class _Runner:
@@ -159,12 +220,14 @@ class _Runner:
         cfg, data = self.plan.config, self.plan.data
         recipe = replace(cfg.train, seed=seed)
         spec = versioned({"kind": "original", "dataset": cfg.dataset, "data_hash": data.hash, "model": cfg.model,
-                          "model_args": cfg.model_args, "recipe": to_dict(recipe), "seed": seed})
+                          "model_args": cfg.model_args, "recipe": to_dict(recipe), "seed": seed,
+                          **({"augment": True} if cfg.train_augment else {})})
         model = build_model(cfg.model, seed=seed, input_shape=data.input_shape, num_classes=data.num_classes,
                             **cfg.model_args)
 
         def train(m):
-            result = fit(m, data.subset("train", range(len(data.y_train))), self.task, recipe, desc="original")
+            result = fit(m, train_set(data, range(len(data.y_train)), cfg.train_augment, seed), self.task, recipe,
+                         desc="original")
             return {"train_time_s": result.seconds}
 
         key = spec_key(spec)
@@ -172,6 +235,14 @@ class _Runner:
         self.say(f"[seed {seed}] original: {'loaded from cache' if hit else 'trained'} "
                  f"({meta['train_time_s']:.1f}s, cache key {key})")
         return Trained("original", "original", None, model.eval(), meta, hit, key)
+
+    def incompetent(self, seed: int) -> Any:
+        """A randomly initialised model of the same architecture (the ZRF metric's reference), seed 10_000 + seed."""
+        from ..models import build_model
+
+        cfg, data = self.plan.config, self.plan.data
+        return build_model(cfg.model, seed=10_000 + seed, input_shape=data.input_shape, num_classes=data.num_classes,
+                           **cfg.model_args).eval()
 
     def spec(self, seed: int, method: Any, base: Trained) -> dict:
         return versioned({"kind": "unlearned", "base": base.key, "method": method.registry_name,
@@ -209,9 +280,12 @@ def run_classification(cfg: ClassificationConfig, *, cache: Any = None,
         say(f"[seed {seed}] split {split.hash}: {len(split.forget)} forget / {len(split.retain)} retain / "
             f"{len(split.test)} test ({cfg.scenario})")
         original = runner.original(seed)
-        gold = runner.unlearned(seed, "retrain (gold standard)", the_plan.gold[seed], original, udata)
+        gold_data = replace(udata, retain=train_set(the_plan.data, split.retain, True, seed)) \
+            if cfg.train_augment else udata
+        gold = runner.unlearned(seed, "retrain (gold standard)", the_plan.gold[seed], original, gold_data)
         gold.label = "retrain"
-        ref = collect_outputs(gold.model, udata, runner.task, batch_size=cfg.eval_batch_size)
+        incompetent = runner.incompetent(seed)
+        ref = collect_outputs(gold.model, udata, runner.task, batch_size=cfg.eval_batch_size, incompetent=incompetent)
         evaluate(ref, per_model)
         trained = [original, gold]
         for label, method in the_plan.methods[seed]:
@@ -219,7 +293,8 @@ def run_classification(cfg: ClassificationConfig, *, cache: Any = None,
                 trained.append(runner.unlearned(seed, label, method, original, udata))
         retrain_s = gold.meta["unlearn_time_s"]
         for t in trained:
-            ev = ref if t is gold else collect_outputs(t.model, udata, runner.task, batch_size=cfg.eval_batch_size)
+            ev = ref if t is gold else collect_outputs(t.model, udata, runner.task, batch_size=cfg.eval_batch_size,
+                                                       incompetent=incompetent)
             values = evaluate(ev, cfg.metrics, ref=ref)
             if t is original:
                 times, params = {"train_s": t.meta["train_time_s"]}, to_dict(replace(cfg.train, seed=seed))
@@ -241,6 +316,14 @@ def run_classification(cfg: ClassificationConfig, *, cache: Any = None,
                      paper="sklearn digits (Alpaydin & Kaynak 1998)")
 def digits_benchmark(cfg: ClassificationConfig, **kwargs: Any) -> RunResult:
     """Embedded quick-start benchmark: sklearn's 8x8 handwritten digits, small MLP/CNN, no download."""
+    return run_classification(cfg, **kwargs)
+
+
+@BENCHMARKS.register("vision", config=ClassificationConfig, validate=plan,
+                     paper="RUM (arXiv 2406.01257), SSD (arXiv 2308.07707), JiT (arXiv 2402.01401) settings")
+def vision_benchmark(cfg: ClassificationConfig, **kwargs: Any) -> RunResult:
+    """Image-classifier unlearning on the torchvision data sets (MNIST, FashionMNIST, CIFAR-10/100/20, SVHN) with
+    the vision models (ResNet-18/50, VGG, ViT-B/16): random, full-class and sub-class forgetting."""
     return run_classification(cfg, **kwargs)
 
 
