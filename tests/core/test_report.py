@@ -236,7 +236,11 @@ def test_build_report_writes_markdown_and_png_deterministically(tmp_path: Path) 
     assert "](report-digits-random-mlp.png)" in text
     assert "](report-digits-class-mlp.png)" in text
     assert "## digits / random / mlp" in text and "## digits / class / mlp" in text
-    assert format_table(summarize(rows)[("digits", "random", "mlp")]).strip() in text
+    from unlearnkit.pipelines.classification import report_columns
+
+    cols = report_columns("random")  # the digits benchmark's registered columns for that scenario
+    assert format_table(summarize(rows, cols)[("digits", "random", "mlp")], cols).strip() in text
+    assert "| Df test acc | Dr test acc |" in text.split("## digits / class / mlp")[1].split("\n\n")[1]
     assert "seeds: 0, 1, 2" in text
     assert "20261122-0530-ab12" in text and "20261123-0100-cd34" in text
     assert "ToW = Π(1 − |acc_u − acc_r|/100)" in text

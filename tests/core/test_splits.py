@@ -82,3 +82,12 @@ def test_digits_is_real_and_stable():
     per_class = np.bincount(d.y_train) + np.bincount(d.y_test)
     assert np.abs(np.bincount(d.y_test) - 0.25 * per_class).max() <= 1  # stratified 25 % test split
     assert d.hash == digits().hash and len(d.hash) == 24
+
+
+def test_digits_coarse_keeps_the_digit_as_fine_label():
+    from unlearnkit.data.digits import digits_coarse
+
+    d, c = digits(), digits_coarse()
+    assert np.array_equal(c.x_train, d.x_train) and c.num_classes == 5 and c.hash != d.hash
+    assert np.array_equal(c.y_train, d.y_train // 2) and np.array_equal(c.fine_train, d.y_train)
+    assert np.array_equal(c.fine_test, d.y_test) and c.fine_names[7] == "7" and c.class_names[3] == "6-7"

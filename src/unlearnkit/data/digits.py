@@ -30,3 +30,15 @@ def digits() -> ArrayData:
     digest = content_hash({"x": content_hash(x.round(6).tolist()), "y": y.tolist(),
                            "train": train_idx.tolist(), "test": test_idx.tolist()})[:24]
     return ArrayData("digits", x[train_idx], y[train_idx], x[test_idx], y[test_idx], 10, digest)
+
+
+@DATASETS.register("digits_coarse", task="classifier", num_classes=5, input_shape=(1, 8, 8), fine_labels=True)
+@lru_cache(maxsize=1)
+def digits_coarse() -> ArrayData:
+    """The `digits` images with five coarse classes {0,1}, {2,3}, {4,5}, {6,7}, {8,9} (coarse = digit // 2) and the
+    digit kept as the fine label: the CPU-sized stand-in for CIFAR-20's superclasses in sub-class forgetting."""
+    base = digits()
+    names = tuple(f"{2 * k}-{2 * k + 1}" for k in range(5))
+    return ArrayData("digits_coarse", base.x_train, base.y_train // 2, base.x_test, base.y_test // 2, 5,
+                     content_hash({"base": base.hash, "coarse": "digit // 2"})[:24], fine_train=base.y_train,
+                     fine_test=base.y_test, fine_names=tuple(str(d) for d in range(10)), class_names=names)

@@ -101,6 +101,20 @@ COLUMN_INFO: dict[str, tuple[str, str]] = {
         "entropy logistic-regression MIA = fraction of forget examples predicted member, in [0, 1]; "
         "lower = more forgotten, target = the retrain row",
     ),
+    "test_forget_acc": (
+        "Df test acc",
+        "accuracy (%) on the test images of the forgotten (sub-)class (SSD/JiT's \"Df\"; for a sub-class the "
+        "superclass accuracy); target = the retrain row",
+    ),
+    "test_retain_acc": (
+        "Dr test acc",
+        "accuracy (%) on the test images of the other (sub-)classes (SSD/JiT's \"Dr\"); higher is better",
+    ),
+    "zrf": (
+        "ZRF",
+        "ZRF = 1 − mean JS(f(x) ‖ random model(x)) on the forget set, in [1 − log 2, 1]; higher = outputs "
+        "closer to an untrained model's, target = the retrain row",
+    ),
     "tow": (
         "ToW ↑",
         "ToW = Π(1 − |acc_u − acc_r|/100) over forget/retain/test; 1 = identical to retrain, "
@@ -443,6 +457,12 @@ def _benchmark_tags(benchmark: str) -> dict:
     return BENCHMARKS.get(benchmark).tags if benchmark in BENCHMARKS else {}
 
 
+def _columns_of(benchmark: str, scenario: str) -> Sequence[str]:
+    """The benchmark's `columns` tag: a tuple, or a function of the scenario; DEFAULT_COLUMNS when absent."""
+    cols = _benchmark_tags(benchmark).get("columns", DEFAULT_COLUMNS)
+    return cols(scenario) if callable(cols) else cols
+
+
 def build_report(run_dir: str | Path, *, columns: Sequence[str] | None = None) -> Path:
     """Rebuild ``<run_dir>/report.md`` (and the PNGs) from ``<run_dir>/results.jsonl``.
 
@@ -457,7 +477,7 @@ def build_report(run_dir: str | Path, *, columns: Sequence[str] | None = None) -
     if not rows:
         raise ValueError(f"no results in {run_dir}/results.jsonl")
     kept = latest_rows(rows)
-    group_columns = {key: tuple(columns or _benchmark_tags(key[0]).get("columns", DEFAULT_COLUMNS))
+    group_columns = {key: tuple(columns or _columns_of(key[0], key[1]))
                      for key in dict.fromkeys(_group_key(r) for r in kept)}
     summary = {key: srows for cols in dict.fromkeys(group_columns.values())
                for key, srows in summarize([r for r in kept if group_columns[_group_key(r)] == cols], cols).items()}
