@@ -25,13 +25,12 @@ LISTS = ("methods", "metrics", "benchmarks", "models", "datasets", "presets")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ._registry import BENCHMARKS
     from .pipelines import run
-    from .report import DEFAULT_COLUMNS, format_table, latest_rows, summarize
+    from .report import columns_for, format_table, latest_rows, summarize
 
     result = run(args.preset, args.overrides)
-    bench = result.rows[0]["benchmark"]
-    columns = BENCHMARKS.get(bench).tags.get("columns", DEFAULT_COLUMNS)
+    first = result.rows[0]
+    columns = columns_for(first["benchmark"], first["scenario"])
     for (bench, scenario, model), rows in summarize(latest_rows(result.rows), columns).items():
         print(f"\n{bench} / {scenario} / {model}\n")
         print(format_table(rows, columns))

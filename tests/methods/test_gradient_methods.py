@@ -79,3 +79,18 @@ def test_divergent_gradient_ascent_stops_with_finite_weights():
         out = method.unlearn(model, data, TASK)
     assert method.diverged_ is True and method.steps_ < 200 * 3
     assert all(torch.isfinite(p).all() for p in out.parameters())
+
+
+def test_retrain_without_reinitialize_trains_the_given_model_as_it_is():
+    model, data = memorized()
+    task = get_task("classifier")
+    kept = create_method("retrain", epochs=0, reinitialize=False).unlearn(copy_of(model), data, task)
+    redrawn = create_method("retrain", epochs=0).unlearn(copy_of(model), data, task)
+    assert all(torch.equal(a, b) for a, b in zip(kept.parameters(), model.parameters(), strict=True))
+    assert not torch.equal(redrawn.head.weight, model.head.weight)
+
+
+def copy_of(model):
+    import copy
+
+    return copy.deepcopy(model)

@@ -58,10 +58,12 @@ class Retrain(LoopParams):
     batch_size: int = param(256, gt=0, help="batch size of the original recipe")
     schedule: Literal["constant", "cosine", "linear"] = param("cosine", help="learning-rate schedule")
     init_seed: int = param(0, help="seed of the fresh initialisation")
+    reinitialize: bool = param(True, help="re-draw every weight first; False trains the given model as it is (the "
+                                          "pipelines then pass a fresh model from the builder, e.g. pretrained)")
 
     def unlearn(self, model: nn.Module, data: Any, task: Any, accelerator: Any = None) -> nn.Module:
         validate(self, where="method.retrain")
         check_data(self, data)
-        result = fit(reinitialize(model, self.init_seed), data.retain, task, self, accelerator=accelerator,
-                     desc="retrain")
+        start = reinitialize(model, self.init_seed) if self.reinitialize else model
+        result = fit(start, data.retain, task, self, accelerator=accelerator, desc="retrain")
         return record(self, result)

@@ -135,7 +135,9 @@ def plan(cfg: ClassificationConfig) -> Plan:
         except ValueError as err:
             raise ConfigError(str(err)) from None
         recipe = {**to_dict(cfg.train), "seed": seed}
-        gold[seed] = METHODS.create("retrain", **recipe, init_seed=seed)
+        # A pretrained model's gold standard is the builder's fresh (pretrained) model trained on D_r, not a random one.
+        fresh = {"reinitialize": False} if cfg.model_args.get("pretrained") else {}
+        gold[seed] = METHODS.create("retrain", **recipe, init_seed=seed, **fresh)
         methods[seed] = []
         for name in cfg.methods:
             overrides = cfg.method.get(name, {})
@@ -250,7 +252,14 @@ class _Runner:
 
     def unlearned(self, seed: int, label: str, method: Any, base: Trained, udata: Any) -> Trained:
         enabled = self.plan.config.cache_unlearned or method.registry_name == "retrain"
-        model, meta, hit, key = unlearn_cached(self.cache, self.spec(seed, method, base), base.model, method, udata,
+        start = base.model
+        if method.registry_name == "retrain" and not method.reinitialize:  # a fresh model from the builder
+            cfg, data = self.plan.config, self.plan.data
+            from ..models import build_model
+
+            start = build_model(cfg.model, seed=method.init_seed, input_shape=data.input_shape,
+                                num_classes=data.num_classes, **cfg.model_args)
+        model, meta, hit, key = unlearn_cached(self.cache, self.spec(seed, method, base), start, method, udata,
                                                self.task, enabled=enabled)
         self.say(f"[seed {seed}] {label}: {'loaded from cache' if hit else 'done'} ({meta['unlearn_time_s']:.2f}s)")
         return Trained(method.registry_name, label, method, model, meta, hit, key)

@@ -26,6 +26,7 @@ from unlearnkit.metrics.stats import Interval, format_interval, t_interval
 __all__ = [
     "COLUMN_INFO",
     "DEFAULT_COLUMNS",
+    "columns_for",
     "SummaryRow",
     "build_report",
     "column_header",
@@ -457,7 +458,7 @@ def _benchmark_tags(benchmark: str) -> dict:
     return BENCHMARKS.get(benchmark).tags if benchmark in BENCHMARKS else {}
 
 
-def _columns_of(benchmark: str, scenario: str) -> Sequence[str]:
+def columns_for(benchmark: str, scenario: str) -> Sequence[str]:
     """The benchmark's `columns` tag: a tuple, or a function of the scenario; DEFAULT_COLUMNS when absent."""
     cols = _benchmark_tags(benchmark).get("columns", DEFAULT_COLUMNS)
     return cols(scenario) if callable(cols) else cols
@@ -477,7 +478,7 @@ def build_report(run_dir: str | Path, *, columns: Sequence[str] | None = None) -
     if not rows:
         raise ValueError(f"no results in {run_dir}/results.jsonl")
     kept = latest_rows(rows)
-    group_columns = {key: tuple(columns or _columns_of(key[0], key[1]))
+    group_columns = {key: tuple(columns or columns_for(key[0], key[1]))
                      for key in dict.fromkeys(_group_key(r) for r in kept)}
     summary = {key: srows for cols in dict.fromkeys(group_columns.values())
                for key, srows in summarize([r for r in kept if group_columns[_group_key(r)] == cols], cols).items()}
