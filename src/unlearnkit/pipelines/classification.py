@@ -156,7 +156,10 @@ def load_dataset(name: str, args: dict[str, Any]) -> Any:
     if unknown:
         raise ConfigError(f"dataset_args {unknown} not accepted by data set '{name}'; it takes: "
                           f"{', '.join(accepted) or 'no arguments'}")
-    return loader(**args)
+    try:
+        return loader(**args)
+    except (FileNotFoundError, ValueError) as err:  # missing or malformed files: one line, before any training
+        raise ConfigError(str(err)) from None
 
 
 def check_model(cfg: ClassificationConfig, data: Any) -> None:
