@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from unlearnkit.cli import main
-from unlearnkit.pipelines import run
+from unlearnkit.pipelines import PRESET_DIR, list_presets, run
 from unlearnkit.testing.vision_files import write_cifar100, write_mnist
 
 TINY = ["model=cnn", "model_args={channels: [4], hidden: 8}", "train.epochs=1", "train.batch_size=32"]
@@ -68,3 +68,18 @@ def test_an_image_size_the_model_cannot_take_is_named(home, tmp_path, capsys):
                  f"dataset_args={{root: {tmp_path / 'mnist'}, download: false}}", "model=vgg11"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "model='vgg11' on dataset 'mnist' (input (1, 28, 28)" in err and "32" in err
+
+
+@pytest.mark.parametrize("preset", [p for p in list_presets() if p.startswith("cifar")])
+def test_every_shipped_cifar_preset_validates_on_real_format_files(home, tmp_path, capsys, preset):
+    """The GPU presets check their names, hyperparameters, forget classes and model sizes here, on tiny files in the
+    real format (the pretrained ViT is built without its download for the check)."""
+    from unlearnkit.testing.vision_files import write_cifar10
+
+    root = tmp_path / "data"
+    write_cifar100(root, n_train=300, n_test=100, seed=0)
+    write_cifar10(root, n_train=200, n_test=50, seed=0)
+    assert (PRESET_DIR / f"{preset}.yaml").read_text().splitlines()[0] == f"# unlearnkit run {preset}"
+    code = main(["validate", preset, f"dataset_args={{root: {root}, download: false}}"])
+    out = capsys.readouterr()
+    assert code == 0, out.err

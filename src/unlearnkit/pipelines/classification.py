@@ -166,8 +166,9 @@ def check_model(cfg: ClassificationConfig, data: Any) -> None:
     """Build the model once, so that an input size or a class count it cannot take fails before any training."""
     from ..models import build_model
 
+    args = {**cfg.model_args, **({"pretrained": False} if "pretrained" in cfg.model_args else {})}  # no download
     try:
-        build_model(cfg.model, seed=0, input_shape=data.input_shape, num_classes=data.num_classes, **cfg.model_args)
+        build_model(cfg.model, seed=0, input_shape=data.input_shape, num_classes=data.num_classes, **args)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model='{cfg.model}' on dataset '{cfg.dataset}' (input {data.input_shape}, "
                           f"{data.num_classes} classes): {err}") from None
