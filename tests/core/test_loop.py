@@ -137,3 +137,45 @@ def test_loop_equals_a_plain_pytorch_loop(optimizer, schedule):
             sched.step()
     for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_on_epoch_runs_before_each_pass_over_the_driver():
+    events = []
+
+    def loss_fn(m, f, r, _):
+        events.append("b")
+        return m(f[0]).sum() * 0.0
+
+    run_loop(tiny_classifier(), loss_fn, LoopParams(epochs=3, batch_size=4), forget=_ds(8),
+             on_epoch=lambda e: events.append(e), progress=False)
+    assert events == [0, "b", "b", 1, "b", "b", 2, "b", "b"]
+    events.clear()
+    run_loop(tiny_classifier(), loss_fn, LoopParams(max_steps=5, batch_size=4), forget=_ds(8),
+             on_epoch=lambda e: events.append(e), progress=False)
+    assert events == [0, "b", "b", 1, "b", "b", 2, "b"]
+
+
+def test_a_shared_optimizer_carries_its_momentum_across_runs():
+    """Two one-epoch runs sharing an optimiser equal one two-epoch run (one full batch: the data order changes only
+    the summation order, hence the float tolerance); two runs with fresh optimisers (momentum restarted) differ."""
+    from unlearnkit.methods._loop import make_optimizer
+
+    g = torch.Generator().manual_seed(0)
+    ds = TensorDataset(torch.randn(16, 8, generator=g), torch.randint(0, 4, (16,), generator=g))
+    params = LoopParams(lr=0.1, epochs=1, batch_size=16, momentum=0.9)
+
+    def loss_fn(m, f, r, _):
+        return torch.nn.functional.cross_entropy(m(f[0]), f[1])
+
+    def weights(model):
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    once = tiny_classifier()
+    run_loop(once, loss_fn, LoopParams(lr=0.1, epochs=2, batch_size=16, momentum=0.9), forget=ds, progress=False)
+    shared, fresh = tiny_classifier(), tiny_classifier()
+    optimizer = make_optimizer(params, shared.parameters())
+    for _ in range(2):
+        run_loop(shared, loss_fn, params, forget=ds, optimizer=optimizer, progress=False)
+        run_loop(fresh, loss_fn, params, forget=ds, progress=False)
+    torch.testing.assert_close(weights(shared), weights(once))
+    assert (weights(fresh) - weights(once)).abs().max() > 1e-3

@@ -8,6 +8,10 @@ One "epoch" is a pass over the *driver* data set; the other one is cycled beside
 - pairing="retain": the driver is the retain set, each retain batch paired with the next forget batch (NegGrad+);
 - pairing="zip": stop at the shorter of the two (the Markov-chain seed's zip of two loaders).
 `max_steps`, when set, replaces `epochs` as the length of the run.
+
+Two optional hooks let a method go beyond one loss on fixed batches without another loop: `on_epoch(e)` runs before
+each pass over the driver (a per-epoch loss weight, labels redrawn each epoch), and a caller-owned `optimizer` carries
+its state (momentum) across several runs (SCRUB's alternating max and min passes).
 """
 
 from __future__ import annotations
@@ -103,12 +107,15 @@ def _cycle(loader) -> Iterator[Any]:
         yield from loader
 
 
-def _batches(driver, other, pairing: str, epochs: int, max_steps: int | None) -> Iterator[tuple[Any, Any]]:
-    """(driver batch, other batch or None) pairs for the whole run."""
+def _batches(driver, other, pairing: str, epochs: int, max_steps: int | None,
+             on_epoch: Callable[[int], None] | None = None) -> Iterator[tuple[Any, Any]]:
+    """(driver batch, other batch or None) pairs for the whole run; `on_epoch(e)` before pass e over the driver."""
     others = _cycle(other) if other is not None else itertools.repeat(None)
     passes = itertools.count() if max_steps else range(epochs)
     steps = 0
-    for _ in passes:
+    for epoch in passes:
+        if on_epoch is not None:
+            on_epoch(epoch)
         source = zip(driver, other, strict=False) if pairing == "zip" else zip(driver, others, strict=False)
         for pair in source:
             yield pair
@@ -130,8 +137,10 @@ def run_loop(model: nn.Module, loss_fn: LossFn, params: LoopParams, *, forget: D
              retain: Dataset | None = None, pairing: Literal["forget", "retain", "zip"] = "forget",
              frozen: Mapping[str, nn.Module] | None = None, trainable: Callable[[str], bool] | None = None,
              before_step: Callable[[nn.Module], None] | None = None,
-             after_step: Callable[[nn.Module, int], None] | None = None, train_mode: bool = True,
-             collate_fn=None, accelerator=None, desc: str = "unlearn", progress: bool | None = None) -> LoopResult:
+             after_step: Callable[[nn.Module, int], None] | None = None,
+             on_epoch: Callable[[int], None] | None = None, optimizer: torch.optim.Optimizer | None = None,
+             train_mode: bool = True, collate_fn=None, accelerator=None, desc: str = "unlearn",
+             progress: bool | None = None) -> LoopResult:
     """Optimise `model` in place with `loss_fn` and return it (unwrapped) with the per-step losses.
 
     frozen:      reference/teacher models; prepared in evaluation mode, no gradients, passed to `loss_fn`.
@@ -139,6 +148,9 @@ def run_loop(model: nn.Module, loss_fn: LossFn, params: LoopParams, *, forget: D
     before_step: called after backward and clipping, before the optimiser step (e.g. SalUn's gradient mask).
     after_step:  called as after_step(model, steps_done) after every optimiser step (e.g. evaluation curves); the
                  model's train/eval mode is restored afterwards.
+    on_epoch:    called as on_epoch(e) before the first batch of pass e (0-based) over the driver data set.
+    optimizer:   a caller-owned optimiser over `model`'s parameters, used instead of a fresh one built from
+                 `params`, so its state (momentum) carries over between runs; `params.schedule` spans this run only.
     """
     if forget is None and retain is None:
         raise ValueError("run_loop needs a forget or a retain data set")
@@ -157,7 +169,8 @@ def run_loop(model: nn.Module, loss_fn: LossFn, params: LoopParams, *, forget: D
     saved_flags = {n: p.requires_grad for n, p in names.items()}
     for n, p in names.items():
         p.requires_grad_(n in chosen and saved_flags[n])
-    raw_optimizer = make_optimizer(params, [names[n] for n in chosen if names[n].requires_grad])
+    raw_optimizer = optimizer if optimizer is not None else make_optimizer(
+        params, [names[n] for n in chosen if names[n].requires_grad])
     # The scheduler (below) stays unprepared: accelerate's wrapper steps it once per process, which would make
     # the schedule depend on the world size.
     model, optimizer = acc.prepare(model, raw_optimizer)
@@ -182,7 +195,7 @@ def run_loop(model: nn.Module, loss_fn: LossFn, params: LoopParams, *, forget: D
     start = time.perf_counter()
     try:
         for step, (first, second) in enumerate(_batches(loaders[0], loaders[1], pairing, params.epochs,
-                                                        params.max_steps)):
+                                                        params.max_steps, on_epoch)):
             f_batch, r_batch = (first, second) if driver_is_forget else (second, first)
             loss = loss_fn(model, f_batch, r_batch, refs)
             if _non_finite(loss, acc):  # e.g. unbounded gradient ascent: stop before the step spoils weights

@@ -40,6 +40,29 @@ def kl_to_reference(task: Any, model: nn.Module, ref: nn.Module, batch: Any) -> 
     return (kl * mask).sum() / task.batch_size(batch)
 
 
+def kl_to_target(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(q ‖ softmax(s/T)) at every position: Σ_c q_c·(log q_c − log softmax(s/T)_c), with 0·log 0 = 0.
+    student_logits, target_probs: [..., C] -> [...]. Log-probabilities serve as logits (softmax is shift-invariant)."""
+    log_p = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    return (torch.xlogy(target_probs, target_probs) - target_probs * log_p).sum(-1)
+
+
+def kl_distill(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton-style distillation KL_T(s, t) = T²·KL(softmax(t/T) ‖ softmax(s/T)) at every position: [..., C] -> [...].
+    The T² keeps the gradient scale independent of T (SCRUB, RepDistiller's DistillKL)."""
+    target = torch.softmax(teacher_logits.float() / temperature, dim=-1)
+    return temperature**2 * kl_to_target(student_logits, target, temperature)
+
+
+def distill(task: Any, model: nn.Module, teacher: nn.Module, batch: Any, temperature: float) -> torch.Tensor:
+    """KL_T(θ, teacher) summed over the scored positions (one per example for a classifier: the batch mean), divided
+    by the batch size. The teacher runs without gradients."""
+    logp, mask = task.distribution(model, batch)
+    with torch.no_grad():
+        logp_teacher, _ = task.distribution(teacher, batch)
+    return (kl_distill(logp, logp_teacher, temperature) * mask).sum() / task.batch_size(batch)
+
+
 def npo(task: Any, model: nn.Module, ref: nn.Module, batch: Any, beta: float) -> torch.Tensor:
     """NPO (Zhang et al. 2024, arXiv 2404.05868): (2/β)·mean_i softplus(β·(log π_θ(y_i|x_i) − log π_ref(y_i|x_i))),
     log π as sequence sums. Equals (2/β)·log 2 at the start; its gradient is gradient ascent weighted by
