@@ -17,6 +17,10 @@ Guarantees:
 * When two processes build the same key, the first rename wins; the loser discards its copy and
   :meth:`ModelCache.get_or_build` loads the winner's weights so that every process uses identical weights.
 
+Besides models, an entry may hold a named dict of tensors (``tensors.safetensors``: e.g. the SSD importances of a
+model on its training set) with the same guarantees: :meth:`ModelCache.get_or_build_tensors`. ``meta.json``'s
+``weights_sha256`` is the hash of the entry's one data file in both kinds.
+
 ``torch`` and ``safetensors`` are imported only inside the methods that need them.
 """
 
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "META_FILE",
+    "TENSORS_FILE",
     "WEIGHTS_FILE",
     "CacheCorruptionWarning",
     "CacheEntry",
@@ -52,6 +57,7 @@ __all__ = [
 ]
 
 WEIGHTS_FILE = "model.safetensors"
+TENSORS_FILE = "tensors.safetensors"  # the file of a tensor-dict entry (e.g. SSD importances)
 META_FILE = "meta.json"
 _TMP_PREFIX = ".tmp-"
 # A .tmp-* directory of another, still running process is left alone unless it is older than this.
@@ -334,22 +340,27 @@ class ModelCache:
             return None
         return meta
 
-    def _verify_and_load(self, key: str, entry_dir: Path, model: torch.nn.Module) -> dict[str, Any]:
+    def _verified(self, key: str, entry_dir: Path, filename: str) -> tuple[dict[str, Any], Path]:
+        """(meta, path of the entry's file ``filename``) once the file's SHA-256 matches ``meta.json``."""
         if not entry_dir.is_dir():
             raise _CorruptEntry("entry is not a directory")
         meta = _read_meta(entry_dir)
         if meta.get("key", key) != key:
             raise _CorruptEntry(f"{META_FILE} belongs to key {meta.get('key')!r}")
-        weights = entry_dir / WEIGHTS_FILE
-        if not weights.is_file():
-            raise _CorruptEntry(f"{WEIGHTS_FILE} is missing")
+        file = entry_dir / filename
+        if not file.is_file():
+            raise _CorruptEntry(f"{filename} is missing")
         expected = meta["weights_sha256"]
         try:
-            actual = sha256_file(weights)
+            actual = sha256_file(file)
         except OSError as exc:
-            raise _CorruptEntry(f"{WEIGHTS_FILE} is unreadable: {exc}") from None
+            raise _CorruptEntry(f"{filename} is unreadable: {exc}") from None
         if actual != expected:
             raise _CorruptEntry(f"weights sha256 mismatch: expected {expected[:12]}..., got {actual[:12]}...")
+        return meta, file
+
+    def _verify_and_load(self, key: str, entry_dir: Path, model: torch.nn.Module) -> dict[str, Any]:
+        meta, weights = self._verified(key, entry_dir, WEIGHTS_FILE)
         _check_compatible(model, weights)
         from safetensors.torch import load_model
 
@@ -371,14 +382,19 @@ class ModelCache:
         return entry
 
     def _save(self, key: str, model: torch.nn.Module, meta: Mapping[str, Any]) -> tuple[CacheEntry, bool]:
+        return self._save_file(key, WEIGHTS_FILE, lambda file: _save_weights(model, file), meta)
+
+    def _save_file(self, key: str, filename: str, write: Callable[[Path], None],
+                   meta: Mapping[str, Any]) -> tuple[CacheEntry, bool]:
+        """Publish an entry whose one data file ``filename`` is written by ``write(path)``; (entry, won the race)."""
         final = self.path(key)
         self.models_dir.mkdir(parents=True, exist_ok=True)
         tmp = self._tmp_dir(key)
         _IN_FLIGHT.add(tmp.name)
         try:
             tmp.mkdir()
-            weights = tmp / WEIGHTS_FILE
-            _save_weights(model, weights)
+            weights = tmp / filename
+            write(weights)
             full_meta = dict(meta)
             full_meta.setdefault("created", _utc_now())
             full_meta.setdefault("versions", package_versions())
@@ -443,6 +459,69 @@ class ModelCache:
             if loaded is not None:
                 return model, loaded, False
         raise OSError(f"could not store cache entry {key}: it kept being replaced or corrupted")
+
+    # ------------------------------------------------------------------ dicts of tensors
+
+    def load_tensors(self, key: str) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+        """``(tensors, meta)`` of the tensor entry ``key`` (CPU tensors), or ``(None, None)`` if absent or corrupt.
+
+        As :meth:`load`: the file's SHA-256 is checked against ``meta.json`` first; a corrupt entry gives a one-line
+        :class:`CacheCorruptionWarning`, is removed and reads as absent.
+        """
+        entry_dir = self.path(key)
+        if not os.path.lexists(entry_dir):
+            return None, None
+        try:
+            meta, file = self._verified(key, entry_dir, TENSORS_FILE)
+            from safetensors.torch import load_file
+
+            try:
+                tensors = load_file(os.fspath(file))
+            except Exception as exc:
+                raise _CorruptEntry(f"load failed: {type(exc).__name__}: {exc}") from None
+        except _CorruptEntry as exc:
+            self._warn_corrupt(key, str(exc.args[0]))
+            self._discard(entry_dir)
+            return None, None
+        return tensors, meta
+
+    def get_or_build_tensors(
+        self,
+        key: str,
+        build: Callable[[], Mapping[str, torch.Tensor]],
+        *,
+        spec: Mapping[str, Any] | None = None,
+        agree: Callable[[bool], bool] | None = None,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
+        """Return ``(tensors, meta, hit)``: the dict of tensors stored as entry ``key``, or ``build()``'s, stored.
+
+        The entry is ``tensors.safetensors`` (CPU, contiguous copies) plus ``meta.json`` ``{"spec": spec, ...}``
+        with the guarantees of model entries (atomic publish, SHA-256 verified on load, corrupt entries rebuilt).
+        ``agree(hit) -> hit`` makes every process take the same branch when ``build`` is collective (e.g. "any
+        process missed" -> all build); without it each process decides alone. If another process published ``key``
+        meanwhile, its tensors are returned, so all users of the key share identical values (``hit`` stays False).
+        """
+        tensors, meta = self.load_tensors(key)
+        hit = tensors is not None
+        if agree is not None:
+            hit = agree(hit)
+        if hit and tensors is not None:
+            return tensors, meta or {}, True
+        built = {name: t.detach().to("cpu").contiguous() for name, t in build().items()}
+        full: dict[str, Any] = {"spec": dict(spec) if spec is not None else None}
+
+        def write(file: Path) -> None:
+            from safetensors.torch import save_file
+
+            save_file(built, os.fspath(file))
+            fsync_path(file)
+
+        entry, won = self._save_file(key, TENSORS_FILE, write, full)
+        if not won:
+            loaded, loaded_meta = self.load_tensors(key)
+            if loaded is not None:
+                return loaded, loaded_meta or {}, False
+        return built, entry.meta, False
 
     # ------------------------------------------------------------------ listing and removal
 

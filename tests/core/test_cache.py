@@ -18,6 +18,7 @@ from torch import nn
 from unlearnkit._io import sha256_file
 from unlearnkit.cache import (
     META_FILE,
+    TENSORS_FILE,
     WEIGHTS_FILE,
     CacheCorruptionWarning,
     CacheEntry,
@@ -540,3 +541,51 @@ def test_import_cache_is_cheap():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- dicts of tensors
+def _tensors() -> dict[str, torch.Tensor]:
+    return {"a.weight": torch.arange(6.0).view(2, 3), "b": torch.tensor([1, 2], dtype=torch.int64)}
+
+
+def test_tensor_entry_is_built_once_then_loaded(tmp_path):
+    cache, calls = ModelCache(tmp_path), []
+
+    def build():
+        calls.append(1)
+        return _tensors()
+
+    first, meta, hit = cache.get_or_build_tensors(KEY, build, spec={"what": "importance"})
+    second, meta2, hit2 = cache.get_or_build_tensors(KEY, build)
+    assert (hit, hit2, len(calls)) == (False, True, 1)
+    assert meta["spec"] == meta2["spec"] == {"what": "importance"}
+    assert meta2["weights_sha256"] == sha256_file(tmp_path / "models" / KEY / TENSORS_FILE)
+    for got in (first, second):
+        assert got.keys() == _tensors().keys() and all(torch.equal(got[k], v) for k, v in _tensors().items())
+    assert [e.key for e in cache.entries()] == [KEY]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncate", "meta"])
+def test_corrupt_tensor_entry_is_detected_and_rebuilt(tmp_path, damage):
+    cache = ModelCache(tmp_path)
+    cache.get_or_build_tensors(KEY, _tensors)
+    file = tmp_path / "models" / KEY / (META_FILE if damage == "meta" else TENSORS_FILE)
+    file.write_bytes(b"garbage" if damage != "truncate" else file.read_bytes()[:-8])
+    with pytest.warns(CacheCorruptionWarning, match=f"cache entry {KEY} is corrupt"):
+        tensors, _meta, hit = cache.get_or_build_tensors(KEY, _tensors)
+    assert not hit and torch.equal(tensors["a.weight"], _tensors()["a.weight"])
+    assert cache.get_or_build_tensors(KEY, _tensors)[2]  # the rebuilt entry is valid
+
+
+def test_agree_makes_every_process_take_the_same_branch(tmp_path):
+    cache, calls = ModelCache(tmp_path), []
+    cache.get_or_build_tensors(KEY, _tensors)
+
+    def build():
+        calls.append(1)
+        return _tensors()
+
+    # another process missed: this one builds too (a collective build must run everywhere), keeping the entry
+    tensors, _meta, hit = cache.get_or_build_tensors(KEY, build, agree=lambda hit: False)
+    assert not hit and calls == [1] and torch.equal(tensors["b"], _tensors()["b"])
+    assert cache.load_tensors(KEY)[0] is not None and cache.load_tensors("absent0")[0] is None

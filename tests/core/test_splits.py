@@ -36,7 +36,8 @@ FINE_TEST = np.arange(20) % 8
 def test_subclass_split_takes_one_fine_class_and_keeps_its_superclass():
     s = make_split(FINE // 2, FINE_TEST // 2, scenario="subclass", seed=0, data_hash="h", forget_subclasses=[5],
                    train_fine=FINE, test_fine=FINE_TEST)
-    assert np.array_equal(s.forget, np.flatnonzero(FINE == 5)) and s.forget_classes == () and s.forget_subclasses == (5,)
+    assert np.array_equal(s.forget, np.flatnonzero(FINE == 5))
+    assert s.forget_classes == () and s.forget_subclasses == (5,)
     assert 2 in set((FINE // 2)[s.retain])  # fine class 4 of the same superclass 2 is retained
     assert np.array_equal(s.test_forget, np.flatnonzero(FINE_TEST == 5))
     assert s.describe()["n_test_forget"] == 2
