@@ -27,7 +27,9 @@ from ..methods._loop import LoopParams
 from ..metrics.suite import CLASSIFIER_METRICS
 from ._stages import RunResult, now, start_run, unlearn_cached, versioned
 
-DEFAULT_METHODS = ("retrain", "finetune", "grad_ascent", "neggrad_plus", "grad_diff", "npo", "simnpo", "imu")
+DEFAULT_METHODS = ("retrain", "finetune", "grad_ascent", "neggrad_plus", "grad_diff", "npo", "simnpo", "imu",
+                   "l1_sparse", "salun", "random_label", "amnesiac", "bad_teacher", "scrub", "influence", "fisher",
+                   "unsir", "ssd", "lfssd", "jit")
 
 
 @dataclass
@@ -121,10 +123,13 @@ def plan(cfg: ClassificationConfig) -> Plan:
         with_fine = [n for n in DATASETS.list() if DATASETS.get(n).tags.get("fine_labels")]
         raise ConfigError(f"scenario=subclass needs a data set with fine labels; dataset='{cfg.dataset}' has none "
                           f"(data sets with fine labels: {', '.join(with_fine)})")
-    classes = resolve_classes(cfg.forget_classes, getattr(data, "class_names", ()), data.num_classes,
-                              "forget_classes") if cfg.scenario == "class" else []
-    subclasses = resolve_classes(cfg.forget_subclasses, getattr(data, "fine_names", ()),
-                                 int(data.fine_train.max()) + 1, "forget_subclasses") if cfg.scenario == "subclass" else []
+    classes, subclasses = [], []
+    if cfg.scenario == "class":
+        classes = resolve_classes(cfg.forget_classes, getattr(data, "class_names", ()), data.num_classes,
+                                  "forget_classes")
+    if cfg.scenario == "subclass":
+        subclasses = resolve_classes(cfg.forget_subclasses, getattr(data, "fine_names", ()),
+                                     int(data.fine_train.max()) + 1, "forget_subclasses")
     splits, methods, gold = {}, {}, {}
     for seed in cfg.seeds:
         try:
@@ -202,6 +207,14 @@ class Trained:
     key: str
 
 
+def warm_up_imports() -> None:
+    """Build one throw-away optimiser: the first in a process imports torch._dynamo (about 1.5 s), which would
+    otherwise land inside whichever method is timed first and distort its RTE."""
+    import torch
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
 def train_set(data: Any, indices: Any, augment: bool, seed: int) -> Any:
     """The training view of `indices` (augmented only when asked: original training and the gold retrain)."""
     if augment:
@@ -277,6 +290,7 @@ def run_classification(cfg: ClassificationConfig, *, cache: Any = None,
     from ..report import build_report
 
     the_plan = plan(cfg)
+    warm_up_imports()
     cache = cache or ModelCache()
     out_dir = Path(cfg.output_dir)
     config = to_dict(cfg)
