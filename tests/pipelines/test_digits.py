@@ -14,7 +14,12 @@ from unlearnkit._io import read_jsonl
 from unlearnkit.cli import main
 
 FAST = ["train.epochs=4", "method.finetune.epochs=2", "method.neggrad_plus.epochs=1", "method.grad_ascent.epochs=2",
-        "method.grad_diff.epochs=1", "method.npo.epochs=1", "method.simnpo.epochs=1", "method.imu.epochs=1"]
+        "method.grad_diff.epochs=1", "method.npo.epochs=1", "method.simnpo.epochs=1", "method.imu.epochs=1",
+        "method.l1_sparse.epochs=2", "method.salun.epochs=2", "method.random_label.epochs=2", "method.amnesiac.epochs=1",
+        "method.scrub.epochs=2", "method.scrub.msteps=1"]
+METHODS = ["retrain", "finetune", "grad_ascent", "neggrad_plus", "grad_diff", "npo", "simnpo", "imu", "l1_sparse",
+           "salun", "random_label", "amnesiac", "bad_teacher", "scrub", "influence", "fisher", "unsir", "ssd", "lfssd",
+           "jit"]  # the digits preset's list: every registered classifier method
 
 
 def run_cli(*args):
@@ -26,8 +31,7 @@ def test_quick_start_table_cache_reuse_and_report(home, tmp_path, capsys):
     assert run_cli(f"output_dir={out}") == 0
     first = capsys.readouterr().out
     rows = read_jsonl(out / "results.jsonl")
-    assert [r["label"] for r in rows] == ["original", "retrain", "finetune", "grad_ascent", "neggrad_plus",
-                                          "grad_diff", "npo", "simnpo", "imu"]
+    assert [r["label"] for r in rows] == ["original", *METHODS]
     by = {r["label"]: r for r in rows}
     assert by["retrain"]["metrics"]["tow"] == 1.0 and by["retrain"]["metrics"]["avg_gap"] == 0.0
     assert max(r["metrics"]["tow"] for r in rows if r["label"] not in ("retrain", "original")) > 0.9
@@ -35,15 +39,15 @@ def test_quick_start_table_cache_reuse_and_report(home, tmp_path, capsys):
         by["finetune"]["times"]["unlearn_s"] / by["retrain"]["times"]["unlearn_s"])
     for r in rows:
         assert r["versions"]["torch"] and r["split_hash"] and r["data_hash"] and r["seeds"]["train"] == 0
-    assert "| retrain | 1 |" in first and "models: 0 of 9 loaded from the cache, 9 trained in this run" in first
+    assert "| retrain | 1 |" in first and "models: 0 of 21 loaded from the cache, 21 trained in this run" in first
     assert (out / "report.md").is_file() and list(out.glob("report-*.png"))
     assert len(list((out / "runs").glob("*.json"))) == 1
 
     assert run_cli(f"output_dir={out}") == 0  # warm: everything from the cache, same numbers
     second = capsys.readouterr().out
     assert "original: loaded from cache" in second and "retrain (gold standard): loaded from cache" in second
-    assert "models: 9 of 9 loaded from the cache, 0 trained in this run" in second
-    again = read_jsonl(out / "results.jsonl")[9:]
+    assert "models: 21 of 21 loaded from the cache, 0 trained in this run" in second
+    again = read_jsonl(out / "results.jsonl")[21:]
     assert [r["metrics"] for r in again] == [r["metrics"] for r in rows]
     assert all(r["cached"] for r in again)
 
@@ -51,6 +55,24 @@ def test_quick_start_table_cache_reuse_and_report(home, tmp_path, capsys):
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "report.md").read_text() == report
+
+
+def test_every_classifier_method_is_in_the_preset_and_reports_every_metric_in_the_class_scenario(home, tmp_path):
+    from unlearnkit._registry import METHODS as REGISTRY
+
+    classifier_methods = {n for n in REGISTRY.list() if "classifier" in REGISTRY.get(n).tags["tasks"]}
+    variants_of_others = {"grad_descent", "kl", "grad_diff_kl_forget", "npo_kl", "npo_rt", "simnpo_kl", "simnpo_rt"}
+    assert classifier_methods - variants_of_others == set(METHODS)
+    out = tmp_path / "class"
+    assert run_cli("scenario=class", "forget_classes=[3]", f"output_dir={out}") == 0
+    rows = read_jsonl(out / "results.jsonl")
+    assert [r["label"] for r in rows] == ["original", *METHODS]
+    keys = {"forget_acc", "retain_acc", "test_forget_acc", "test_retain_acc", "mia_svc", "mia_entropy_lr", "zrf",
+            "tow", "tow_mia", "avg_gap"}
+    for r in rows:
+        assert keys <= set(r["metrics"]), r["label"]
+    report = (out / "report.md").read_text()
+    assert all(f"| {m} | 1 |" in report for m in METHODS)
 
 
 def test_rerun_with_other_hyperparameters_is_never_averaged_with_the_first(home, tmp_path, capsys):
