@@ -437,10 +437,20 @@ def _check_constraints(
         return
     for key, symbol, op in _BOUNDS:
         if key in constraints and not _satisfies(op, value, constraints[key]):
-            raise ConfigError(f"{path} = {_show(given)}: must be {symbol} {constraints[key]}")
+            raise ConfigError(f"{path} = {_show(given)}: must be {symbol} {constraints[key]}{_interval(constraints)}")
     choices = constraints.get("choices")
     if choices is not None and not any(_same(value, choice) for choice in choices):
         raise ConfigError(f"{path} = {_show(given)}: must be one of: {_listing(choices)}")
+
+
+def _interval(constraints: Mapping[str, Any]) -> str:
+    """' (allowed: (0, 1])' when both a lower and an upper bound are set, else ''."""
+    low = [(k, constraints[k]) for k in ("gt", "ge") if k in constraints]
+    high = [(k, constraints[k]) for k in ("lt", "le") if k in constraints]
+    if not low or not high:
+        return ""
+    (lk, lo), (hk, hi) = low[0], high[0]
+    return f" (allowed: {'(' if lk == 'gt' else '['}{lo}, {hi}{')' if hk == 'lt' else ']'})"
 
 
 def _satisfies(op: Callable[[Any, Any], bool], value: Any, bound: Any) -> bool:

@@ -360,8 +360,8 @@ def test_nan_fails_bounds():
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
-        ({"epochs": 0}, "epochs = 0: must be >= 1"),
-        ({"epochs": 101}, "epochs = 101: must be <= 100"),
+        ({"epochs": 0}, "epochs = 0: must be >= 1 (allowed: [1, 100])"),
+        ({"epochs": 101}, "epochs = 101: must be <= 100 (allowed: [1, 100])"),
     ],
 )
 def test_ge_le_messages(values, expected):
@@ -378,7 +378,7 @@ def test_bounds_are_inclusive_or_exclusive_as_declared():
 
 def test_lt_and_ge_on_floats():
     assert build(Optim, {"momentum": 0.0}).momentum == 0.0
-    with pytest.raises(ConfigError, match=r"^momentum = 1\.0: must be < 1$"):
+    with pytest.raises(ConfigError, match=r"^momentum = 1\.0: must be < 1 \(allowed: \[0, 1\)\)$"):
         build(Optim, {"momentum": 1.0})
 
 

@@ -131,6 +131,8 @@ def test_class_scenario_and_seeds_give_intervals(home, tmp_path, capsys):
     (["scenario=subclass", "forget_subclasses=[0]"], "scenario=subclass needs a data set with fine labels; "
                                                       "dataset='digits' has none"),
     (["dataset_args={root: /tmp}"], "dataset_args ['root'] not accepted by data set 'digits'"),
+    (["method.salun.mask_fraction=0"], "method.salun.mask_fraction = 0: must be > 0 (allowed: (0, 1])"),
+    (["method.salun.mask_fraction=1.5"], "method.salun.mask_fraction = 1.5: must be <= 1 (allowed: (0, 1])"),
     (["model=resnet9000"], "model='resnet9000' is not registered"),
     (["train.seed=3"], "train.seed=3: each run's training seed comes from seeds=[...]"),
     (["metrics=[accuracy,no_such_metric]"], "unknown metric 'no_such_metric'"),
