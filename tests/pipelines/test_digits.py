@@ -15,8 +15,8 @@ from unlearnkit.cli import main
 
 FAST = ["train.epochs=4", "method.finetune.epochs=2", "method.neggrad_plus.epochs=1", "method.grad_ascent.epochs=2",
         "method.grad_diff.epochs=1", "method.npo.epochs=1", "method.simnpo.epochs=1", "method.imu.epochs=1",
-        "method.l1_sparse.epochs=2", "method.salun.epochs=2", "method.random_label.epochs=2", "method.amnesiac.epochs=1",
-        "method.scrub.epochs=2", "method.scrub.msteps=1"]
+        "method.l1_sparse.epochs=2", "method.salun.epochs=2", "method.random_label.epochs=2",
+        "method.amnesiac.epochs=1", "method.scrub.epochs=2", "method.scrub.msteps=1"]
 METHODS = ["retrain", "finetune", "grad_ascent", "neggrad_plus", "grad_diff", "npo", "simnpo", "imu", "l1_sparse",
            "salun", "random_label", "amnesiac", "bad_teacher", "scrub", "influence", "fisher", "unsir", "ssd", "lfssd",
            "jit"]  # the digits preset's list: every registered classifier method
