@@ -121,3 +121,9 @@ def test_bad_input_is_an_early_clear_error(monkeypatch, name, kwargs, message):
     args = {"input_shape": (3, 32, 32), "num_classes": 10, **kwargs}
     with pytest.raises(ValueError, match=message):
         build_model(name, seed=0, **args)
+
+
+def test_without_torchvision_the_error_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # `import torchvision` now raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'unlearnkit\[vision\]'"):
+        build_model("vgg11", seed=0, input_shape=(3, 32, 32), num_classes=10)

@@ -72,6 +72,15 @@ def _choice(name: str, option: str, value: Any, allowed: Sequence[str]) -> None:
         raise ValueError(f"{name}: {option}={value!r} is not one of {', '.join(map(repr, allowed))}")
 
 
+def _torchvision_models() -> Any:
+    """`torchvision.models`, or an ImportError that says how to install it."""
+    try:
+        from torchvision import models
+    except ImportError as err:
+        raise ImportError("the vision models need torchvision: pip install 'unlearnkit[vision]'") from err
+    return models
+
+
 def _weights(pretrained: bool) -> str | None:
     return "DEFAULT" if pretrained else None  # torchvision's best ImageNet weights for the architecture
 
@@ -89,7 +98,7 @@ def _resnet(arch: str, input_shape: Sequence[int], num_classes: int, stem: str, 
     _choice(arch, "stem", stem, RESNET_STEMS)
     why = " (the ImageNet stem and four stages downsample 32x)" if stem == "imagenet" else ""
     c, _, _ = check_image_input(arch, input_shape, num_classes, min_size=32 if stem == "imagenet" else 1, why=why)
-    from torchvision import models
+    models = _torchvision_models()
 
     net = getattr(models, arch)(weights=_weights(pretrained))
     if stem == "cifar":
@@ -124,7 +133,7 @@ _VGG_WHY = " (VGG halves the image 5 times with 2x2 max-pools)"
 
 
 def _vgg(arch: str, c: int, pretrained: bool) -> nn.Module:
-    from torchvision import models
+    models = _torchvision_models()
 
     net = getattr(models, arch)(weights=_weights(pretrained))
     if c != 3:
@@ -177,7 +186,7 @@ class ResizeToRGB(nn.Module):
 def vit_b_16(input_shape: Sequence[int], num_classes: int, pretrained: bool = False) -> SmallClassifier:
     """ViT-B/16 (torchvision) on inputs resized to 224 px inside the model; features = CLS token [B, 768]."""
     check_image_input("vit_b_16", input_shape, num_classes, channels=(1, 3))
-    from torchvision import models
+    models = _torchvision_models()
 
     net = models.vit_b_16(weights=_weights(pretrained))
     width = net.hidden_dim

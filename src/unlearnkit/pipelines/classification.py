@@ -174,7 +174,7 @@ def check_model(cfg: ClassificationConfig, data: Any) -> None:
     args = {**cfg.model_args, **({"pretrained": False} if "pretrained" in cfg.model_args else {})}  # no download
     try:
         build_model(cfg.model, seed=0, input_shape=data.input_shape, num_classes=data.num_classes, **args)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, ImportError) as err:
         raise ConfigError(f"model='{cfg.model}' on dataset '{cfg.dataset}' (input {data.input_shape}, "
                           f"{data.num_classes} classes): {err}") from None
 
