@@ -3,7 +3,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from unlearnkit.methods._loop import LoopParams, run_loop
-from unlearnkit.testing import tiny_classifier
+from unlearnkit.tasks import get_task
+from unlearnkit.testing import memorized, tiny_classifier
 
 
 def _ds(n, offset=0):
@@ -179,3 +180,14 @@ def test_a_shared_optimizer_carries_its_momentum_across_runs():
         run_loop(fresh, loss_fn, params, forget=ds, progress=False)
     torch.testing.assert_close(weights(shared), weights(once))
     assert (weights(fresh) - weights(once)).abs().max() > 1e-3
+
+
+def test_the_accelerator_keeps_no_reference_to_a_finished_run():
+    from unlearnkit.methods._loop import default_accelerator
+
+    model, data = memorized()
+    for _ in range(2):
+        run_loop(model, lambda m, f, r, refs: get_task("classifier").loss(m, f), LoopParams(epochs=1, batch_size=8),
+                 forget=data.forget)
+    acc = default_accelerator()
+    assert acc._models == [] and acc._optimizers == [] and acc._dataloaders == [] and acc.step == 0
