@@ -146,7 +146,7 @@ def plan(cfg: ClassificationConfig) -> Plan:
         methods[seed] = []
         for name in cfg.methods:
             overrides = cfg.method.get(name, {})
-            base = {**recipe, "init_seed": seed} if name == "retrain" else {"seed": seed}
+            base = {**recipe, "init_seed": seed, **fresh} if name == "retrain" else {"seed": seed}
             methods[seed].append((name, METHODS.create(name, **{**base, **overrides})))
     return Plan(cfg, data, splits, methods, gold)
 
