@@ -23,7 +23,7 @@ from torch.func import jacrev, vmap
 from torch.utils.data import Dataset
 
 from ..tasks._hooks import eval_mode
-from ._influence import _apply, _batches, _check, _Functional, per_example_grads
+from ._influence import Functional, check_parameters, iter_batches, map_tensors, per_example_grads
 
 RowFn = Callable[[int, int], Tensor]
 """rows(a, b) -> G[a:b] [b − a, P]: per-example gradient rows, recomputed on every call."""
@@ -54,10 +54,10 @@ def unflatten(vector: Tensor, model: nn.Module, names: Sequence[str]) -> dict[st
 
 def gradient_sum(model: nn.Module, task: Any, dataset: Dataset, names: list[str], *, batch_size: int = 256) -> Tensor:
     """Σ_i ∇_θ ℓ(z_i) [P] over every example of `dataset` (sum of batch-sum losses), in evaluation mode."""
-    params = list(_check(model, names).values())
+    params = list(check_parameters(model, names).values())
     total = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
     with eval_mode(model):
-        for batch in _batches(dataset, batch_size, params[0].device):
+        for batch in iter_batches(dataset, batch_size, params[0].device):
             grads = torch.autograd.grad(task.per_example_loss(model, batch).sum(), params)
             total += torch.cat([g.flatten() for g in grads])
     return total
@@ -67,7 +67,7 @@ def flat_per_example_grads(model: nn.Module, task: Any, dataset: Dataset, names:
                            batch_size: int = 64) -> Tensor:
     """G [N, P]: g_iᵀ for every example of `dataset`, written batch by batch into one tensor (peak memory
     N·P + batch_size·P, not 2·N·P)."""
-    params = _check(model, names)
+    params = check_parameters(model, names)
     p0 = next(iter(params.values()))
     out = torch.empty(len(dataset), sum(p.numel() for p in params.values()), dtype=p0.dtype, device=p0.device)
     for a in range(0, len(dataset), batch_size):
@@ -81,11 +81,11 @@ def expected_fisher_diagonal(model: nn.Module, task: Any, dataset: Dataset, name
                              batch_size: int = 32) -> dict[str, Tensor]:
     """{name: F [*shape]}, F = (1/N)·Σ_x Σ_y p_θ(y|x)·(∂ log p_θ(y|x)/∂θ)², the exact expectation over all C labels
     (classifier task: `task.logits` -> [B, C]). Memory ≈ batch_size·C·P floats."""
-    params = {n: p.detach() for n, p in _check(model, names).items()}
+    params = {n: p.detach() for n, p in check_parameters(model, names).items()}
 
     def log_probs(selected: dict[str, Tensor], example: Any) -> tuple[Tensor, Tensor]:  # x -> (log p(·|x) [C], p)
-        batch = _apply(example, lambda t: t.unsqueeze(0))
-        logits = task.logits(_Functional(model, selected), batch)[0]
+        batch = map_tensors(example, lambda t: t.unsqueeze(0))
+        logits = task.logits(Functional(model, selected), batch)[0]
         logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
         return logp, logp.exp()
 
@@ -94,7 +94,7 @@ def expected_fisher_diagonal(model: nn.Module, task: Any, dataset: Dataset, name
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
     count = 0
     with eval_mode(model), torch.no_grad():
-        for batch in _batches(dataset, batch_size, next(iter(params.values())).device):
+        for batch in iter_batches(dataset, batch_size, next(iter(params.values())).device):
             jac, prob = batched(params, batch)  # {n: [B, C, *shape]}, [B, C]
             for n, j in jac.items():
                 weight = prob.reshape(*prob.shape, *([1] * (j.dim() - 2))).to(j)

@@ -26,7 +26,7 @@ from torch.func import grad, vmap
 from torch.utils.data import Dataset
 
 from ..tasks._hooks import eval_mode
-from ._influence import _apply, _batches, _Functional
+from ._influence import Functional, iter_batches, map_tensors
 
 Kind = Literal["sample", "batch"]
 Loss = Callable[[Any, Any], Tensor]  # (model, batch) -> per-example loss [B]
@@ -78,7 +78,7 @@ def _accumulate(model: nn.Module, dataset: Dataset, named: dict[str, nn.Paramete
     sums = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in named.items()}
     count = 0
     with eval_mode(model):
-        for k, batch in enumerate(_batches(dataset, batch_size, next(iter(named.values())).device)):
+        for k, batch in enumerate(iter_batches(dataset, batch_size, next(iter(named.values())).device)):
             if k % world == rank:
                 count += step(batch, sums)
     return Sums(sums, count, method)
@@ -99,7 +99,7 @@ def _vmap_step(model: nn.Module, loss: Loss, named: dict[str, nn.Parameter], sta
     params = {n: p.detach() for n, p in named.items()}
 
     def loss_one(selected: dict[str, Tensor], example: Any) -> Tensor:
-        return loss(_Functional(model, selected), _apply(example, lambda t: t.unsqueeze(0))).sum()
+        return loss(Functional(model, selected), map_tensors(example, lambda t: t.unsqueeze(0))).sum()
 
     per_batch = vmap(grad(loss_one), in_dims=(None, 0))
 

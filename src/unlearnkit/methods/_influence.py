@@ -75,23 +75,23 @@ def linear_head(model: nn.Module, names: Sequence[str]) -> str | None:
 # ---------------------------------------------------------------------------------------------------------------
 # batches
 # ---------------------------------------------------------------------------------------------------------------
-def _apply(batch: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+def map_tensors(batch: Any, fn: Callable[[Tensor], Tensor]) -> Any:
     """`fn` on every tensor of a tuple/list/dict batch."""
     if isinstance(batch, Tensor):
         return fn(batch)
     if isinstance(batch, Mapping):
-        return {k: _apply(v, fn) for k, v in batch.items()}
+        return {k: map_tensors(v, fn) for k, v in batch.items()}
     if isinstance(batch, tuple | list):
-        return type(batch)(_apply(v, fn) for v in batch)
+        return type(batch)(map_tensors(v, fn) for v in batch)
     return batch
 
 
-def _batches(dataset: Dataset, batch_size: int, device: torch.device) -> Iterator[Any]:
+def iter_batches(dataset: Dataset, batch_size: int, device: torch.device) -> Iterator[Any]:
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        yield _apply(batch, lambda t: t.to(device))
+        yield map_tensors(batch, lambda t: t.to(device))
 
 
-class _Functional:
+class Functional:
     """Calls `model` with some of its parameters replaced (the task adapters only ever call the model)."""
 
     def __init__(self, model: nn.Module, tensors: dict[str, Tensor]) -> None:
@@ -101,7 +101,7 @@ class _Functional:
         return functional_call(self.model, self.tensors, args, kwargs)
 
 
-def _check(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Parameter]:
+def check_parameters(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Parameter]:
     named = dict(model.named_parameters())
     missing = [n for n in names if n not in named]
     if missing or not names:
@@ -116,18 +116,18 @@ def per_example_grads(model: nn.Module, task: Any, dataset: Dataset, names: list
                       batch_size: int = 256) -> dict[str, Tensor]:
     """{name: [N, *shape]}: ∇ task.per_example_loss of each example w.r.t. the named parameters, with
     vmap(grad(...)) over the examples of each batch (each example is run as a batch of one)."""
-    params = {n: p.detach() for n, p in _check(model, names).items()}
+    params = {n: p.detach() for n, p in check_parameters(model, names).items()}
 
     def loss_one(selected: dict[str, Tensor], example: Any) -> Tensor:
-        batch = _apply(example, lambda t: t.unsqueeze(0))  # one example -> a batch of 1
-        return task.per_example_loss(_Functional(model, selected), batch).sum()
+        batch = map_tensors(example, lambda t: t.unsqueeze(0))  # one example -> a batch of 1
+        return task.per_example_loss(Functional(model, selected), batch).sum()
 
     per_batch = vmap(grad(loss_one), in_dims=(None, 0))
     device = next(iter(params.values())).device
     out: dict[str, list[Tensor]] = {n: [] for n in names}
     # no_grad: no autograd graph for the constant parameters; torch.func.grad ignores the outer no_grad.
     with eval_mode(model), torch.no_grad():
-        for batch in _batches(dataset, batch_size, device):
+        for batch in iter_batches(dataset, batch_size, device):
             for n, g in per_batch(params, batch).items():  # [B, *shape]
                 out[n].append(g)
     return {n: torch.cat(gs) for n, gs in out.items()}
@@ -135,12 +135,12 @@ def per_example_grads(model: nn.Module, task: Any, dataset: Dataset, names: list
 
 def per_example_grads_loop(model: nn.Module, task: Any, dataset: Dataset, names: list[str]) -> dict[str, Tensor]:
     """The naive reference: one forward and one autograd backward per example."""
-    params = _check(model, names)
+    params = check_parameters(model, names)
     device = next(iter(params.values())).device
     out: dict[str, list[Tensor]] = {n: [] for n in names}
     with eval_mode(model):
         for i in range(len(dataset)):
-            batch = _apply(default_collate([dataset[i]]), lambda t: t.to(device))
+            batch = map_tensors(default_collate([dataset[i]]), lambda t: t.to(device))
             loss = task.per_example_loss(model, batch).sum()
             for n, g in zip(names, torch.autograd.grad(loss, list(params.values())), strict=True):
                 out[n].append(g)
@@ -167,7 +167,7 @@ def head_grads_closed_form(model: nn.Module, task: Any, dataset: Dataset, head: 
     handle = module.register_forward_hook(hook)
     try:
         with eval_mode(model), torch.no_grad():
-            for batch in _batches(dataset, batch_size, module.weight.device):
+            for batch in iter_batches(dataset, batch_size, module.weight.device):
                 logits = task.logits(model, batch)
                 if captured["out"].shape != logits.shape or not torch.allclose(captured["out"].to(logits), logits):
                     raise NotTheLogits(f"the output of '{head}' is not the logits of {type(model).__name__}")

@@ -63,7 +63,7 @@ def relabel(labels: torch.Tensor, num_classes: int, mode: RelabelMode, generator
 
 def labels_of(task: Any, dataset: Dataset) -> torch.Tensor:
     """Every label of `dataset` in order, [N]."""
-    return torch.cat([task.labels(b).cpu() for b in DataLoader(dataset, batch_size=1024)])
+    return torch.cat([task.labels(b).reshape(-1) for b in DataLoader(dataset, batch_size=1024)]).long().cpu()
 
 
 def num_classes_of(model: nn.Module, task: Any, data: Any) -> int:

@@ -32,12 +32,8 @@ def retain_forget_mix(retain_loss: torch.Tensor, forget_loss: torch.Tensor, alph
 
 def kl_to_reference(task: Any, model: nn.Module, ref: nn.Module, batch: Any) -> torch.Tensor:
     """KL(p_ref ‖ p_θ) summed over the scored positions (answer tokens; one per example for a classifier), divided
-    by the batch size (specs/markov_imu.md §3). The reference runs without gradients."""
-    logp, mask = task.distribution(model, batch)
-    with torch.no_grad():
-        logp_ref, _ = task.distribution(ref, batch)
-    kl = (logp_ref.exp() * (logp_ref - logp)).sum(-1)  # [B] or [B, T-1]
-    return (kl * mask).sum() / task.batch_size(batch)
+    by the batch size (specs/markov_imu.md §3): `distill` at T = 1. The reference runs without gradients."""
+    return distill(task, model, ref, batch, 1.0)
 
 
 def kl_to_target(student_logits: torch.Tensor, target_probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

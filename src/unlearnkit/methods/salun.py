@@ -19,16 +19,14 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..config import param, validate
+from ..tasks._hooks import eval_mode
 from ._base import check_data, register_method, variant
+from ._influence import iter_batches
 from ._loop import LoopParams, default_accelerator, record
 from ._relabel import train_relabeled
-
-
-def _send(batch: Any, device: torch.device) -> Any:
-    return [t.to(device) for t in batch]
 
 
 def saliency_mask(model: nn.Module, task: Any, forget: Dataset, fraction: float,
@@ -37,18 +35,15 @@ def saliency_mask(model: nn.Module, task: Any, forget: Dataset, fraction: float,
     ("bottom") |Σ_B ∇(−CE(θ; B))| over the forget batches. Computed in eval mode; the weights are not changed and
     the gradients are cleared afterwards."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    was_training = model.training
-    model.eval()
-    device = named[0][1].device
     grads = [torch.zeros_like(p) for _, p in named]
-    for batch in DataLoader(forget, batch_size=batch_size):
+    with eval_mode(model):
+        for batch in iter_batches(forget, batch_size, named[0][1].device):
+            model.zero_grad(set_to_none=True)
+            (-task.loss(model, batch)).backward()
+            for g, (_, p) in zip(grads, named, strict=True):
+                if p.grad is not None:
+                    g += p.grad
         model.zero_grad(set_to_none=True)
-        (-task.loss(model, _send(batch, device))).backward()
-        for g, (_, p) in zip(grads, named, strict=True):
-            if p.grad is not None:
-                g += p.grad
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
     saliency = torch.cat([g.abs().flatten() for g in grads])  # [n_weights]
     keep = max(1, int(fraction * saliency.numel()))
     order = torch.sort(saliency, descending=direction == "top", stable=True).indices  # stable: ties by index

@@ -40,7 +40,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from ..config import param, validate
 from ._base import check_data, register_method, variant
 from ._importance import dampen, importance_sums, reduce_mean
-from ._influence import _batches
+from ._influence import iter_batches
 from ._loop import default_accelerator
 
 PAPER = "Foster et al., AAAI-24, arXiv 2308.07707 (SSD: selective synaptic dampening)"
@@ -86,7 +86,7 @@ def digest(named: Iterable[tuple[str, Tensor]]) -> str:
 
 def dataset_digest(dataset: Dataset, batch_size: int = 1024) -> str:
     """SHA-256 of a data set's tensors in order (the batches of D, hence its batch importance, depend on it)."""
-    batches = _batches(dataset, batch_size, torch.device("cpu"))
+    batches = iter_batches(dataset, batch_size, torch.device("cpu"))
     return digest((str(k), t) for k, batch in enumerate(batches) for t in _leaves(batch))
 
 

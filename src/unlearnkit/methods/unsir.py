@@ -22,18 +22,14 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import ConcatDataset, Subset, TensorDataset
 
 from ..config import param, validate
 from ..tasks._hooks import eval_mode
 from ._base import check_data, register_method
 from ._loop import LoopParams, record
+from ._relabel import labels_of
 from .retrain import fit
-
-
-def labels_of(dataset: Dataset, task: Any) -> Tensor:
-    """All labels of a classification data set [N] (read in batches)."""
-    return torch.cat([task.labels(b).reshape(-1) for b in DataLoader(dataset, batch_size=1024)]).long().cpu()
 
 
 def error_maximizing_noise(model: nn.Module, label: int, shape: tuple[int, ...], *, steps: int, lr: float,
@@ -74,11 +70,11 @@ class Unsir:
 
     def forget_labels(self, data: Any, task: Any) -> list[int]:
         """The classes whose noise is learnt: data.forget_classes, else (our extension) the labels present in D_f."""
-        return sorted(set(data.forget_classes)) or labels_of(data.forget, task).unique().tolist()
+        return sorted(set(data.forget_classes)) or labels_of(task, data.forget).unique().tolist()
 
     def retain_subset(self, data: Any, task: Any, gen: torch.Generator) -> Subset:
         """Up to `retain_per_class` retain examples of each class not forgotten, chosen with the seeded generator."""
-        labels = labels_of(data.retain, task)
+        labels = labels_of(task, data.retain)
         order = torch.randperm(len(labels), generator=gen)
         chosen = [order[labels[order] == c][: self.retain_per_class] for c in labels.unique().tolist()
                   if c not in data.forget_classes]
