@@ -39,3 +39,4 @@ result = {"rank": acc.process_index, "world": acc.num_processes, "steps": steps,
           "checksum": float(flat.double().sum()), "finite": bool(torch.isfinite(flat).all())}
 with open(sys.argv[1] + f".{acc.process_index}", "w") as fh:
     json.dump(result, fh)
+acc.end_training()  # shut the process group down before exit (an exit without it can abort the process)

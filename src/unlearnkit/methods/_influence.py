@@ -87,7 +87,9 @@ def map_tensors(batch: Any, fn: Callable[[Tensor], Tensor]) -> Any:
 
 
 def iter_batches(dataset: Dataset, batch_size: int, device: torch.device) -> Iterator[Any]:
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    """The data set in order, in batches on `device`, collated by its own `collate` method when it has one."""
+    collate = getattr(dataset, "collate", None)
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
         yield map_tensors(batch, lambda t: t.to(device))
 
 
