@@ -97,11 +97,16 @@ class GradientMethod(LoopParams):
         reference it does not use."""
         return {"ref": copy.deepcopy(model)} if self.needs_reference else {}
 
+    def check(self, data: Any) -> None:
+        """Fail early, before any work: the hyperparameters are valid and the data sets the method reads are there.
+        A method with further requirements (DPO's alternate answers, PDU's ε) extends it."""
+        validate(self, where=f"method.{self.registry_name}")
+        check_data(self, data)
+
     def unlearn(self, model: nn.Module, data: Any, task: Any, accelerator: Any = None,
                 after_step: Any = None) -> nn.Module:
         """Run the loop on `self.loss`; `after_step(model, step)` is called after every optimiser step (curves)."""
-        validate(self, where=f"method.{self.registry_name}")
-        check_data(self, data)
+        self.check(data)
         result = run_loop(
             model, partial(self.loss, task), self,
             forget=data.forget if "forget" in self.uses else None,
@@ -118,12 +123,15 @@ class ForgetRetainObjective(GradientMethod):
     of GradDiff, NPO, SimNPO and the LLM methods built like them. A subclass defines only `forget_loss`.
 
     retain_loss: "none" (the forget set alone), "nll" (NLL on B_r) or "kl" (KL(ref‖θ) on B_r, which builds the
-    frozen reference)."""
+    frozen reference). The retain term is skipped (and the retain set not read) when the method does not use it."""
 
     pairing: ClassVar[str] = "forget"
     gamma: float = param(1.0, ge=0, help="weight of the forget loss")
     alpha: float = param(1.0, ge=0, help="weight of the retain loss (not neggrad_plus's mixing alpha)")
     retain_loss: Literal["none", "nll", "kl"] = param("none", help="retain loss: none, NLL(B_r) or KL(ref‖θ) on B_r")
+    kl_reduction: Literal["sequence", "token"] = param(
+        "sequence", help="how KL(ref‖θ) terms average: sequence = summed over the answer tokens / batch size (Markov "
+                         "benchmark); token = mean over labelled positions (OpenUnlearning's KL, specs/llm.md §6 P2)")
     lr: float = param(1e-5, gt=0, help="learning rate")
     epochs: int = param(10, ge=0, help="passes over the forget set (the retain set is cycled beside it)")
     optimizer: Literal["sgd", "adam", "adamw"] = param("adamw", help="optimiser")
@@ -145,5 +153,8 @@ class ForgetRetainObjective(GradientMethod):
              frozen: Mapping[str, nn.Module]) -> torch.Tensor:
         from . import losses
 
-        retain_loss = losses.retain_term(self.retain_loss, task, model, retain, frozen.get("ref"))
-        return self.gamma * self.forget_loss(task, model, forget, frozen) + self.alpha * retain_loss
+        total = self.gamma * self.forget_loss(task, model, forget, frozen)
+        if "retain" not in self.uses:
+            return total
+        return total + self.alpha * losses.retain_term(self.retain_loss, task, model, retain, frozen.get("ref"),
+                                                       self.kl_reduction)

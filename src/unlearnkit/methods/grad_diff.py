@@ -34,7 +34,10 @@ class GradDiff(ForgetRetainObjective):
 
     def loss(self, task, model, forget, retain, frozen):
         total = super().loss(task, model, forget, retain, frozen)  # γ·(−NLL_f) + α·L_retain
-        return total + losses.kl_to_reference(task, model, frozen["ref"], forget) if self.forget_kl else total
+        if not self.forget_kl:
+            return total
+        return total + losses.kl_to_reference(task, model, frozen["ref"], forget,
+                                              per_token=losses.kl_per_token(self.kl_reduction))
 
 
 KL = register_method("kl", paper="Markov-chain seed (specs/markov_imu.md §3); Maini et al. 2024 (TOFU)")(variant(

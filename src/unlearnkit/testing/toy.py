@@ -107,19 +107,25 @@ class DictDataset(Dataset):
 def tiny_lm_data(seed: int = 0, n_retain: int = 32, n_forget: int = 8, prompt_len: int = 4,
                  answer_len: int = 6, vocab_size: int = 24) -> UnlearnData:
     """Question/answer token sequences; loss on the answer only (prompt labels are −100). Retain answers follow a
-    learnable rule (each answer token is its prompt token + 1, cyclic); forget answers are random tokens."""
+    learnable rule (each answer token is its prompt token + 1, cyclic); forget answers are random tokens. Each forget
+    example also carries an "I don't know" alternate for preference methods (DPO): `alt_input_ids`,
+    `alt_attention_mask`, `alt_labels` = the same prompt followed by one fixed refusal pattern (V−1, V−2, ...)."""
     g = torch.Generator().manual_seed(seed)
+
+    def encode(prompt: torch.Tensor, answer: torch.Tensor, prefix: str = "") -> dict[str, torch.Tensor]:
+        ids = torch.cat([prompt, answer], dim=1)
+        labels = ids.clone()
+        labels[:, :prompt_len] = -100
+        return {f"{prefix}input_ids": ids, f"{prefix}attention_mask": torch.ones_like(ids), f"{prefix}labels": labels}
 
     def make(n: int, random_answer: bool) -> DictDataset:
         prompt = torch.randint(0, vocab_size, (n, prompt_len), generator=g)
         if random_answer:
             answer = torch.randint(0, vocab_size, (n, answer_len), generator=g)
-        else:
-            answer = (prompt.repeat(1, answer_len // prompt_len + 1)[:, :answer_len] + 1) % vocab_size
-        ids = torch.cat([prompt, answer], dim=1)
-        labels = ids.clone()
-        labels[:, :prompt_len] = -100
-        return DictDataset(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
+            idk = ((vocab_size - 1 - torch.arange(answer_len)) % vocab_size).expand(n, -1)  # no generator draw
+            return DictDataset(**encode(prompt, answer), **encode(prompt, idk, prefix="alt_"))
+        answer = (prompt.repeat(1, answer_len // prompt_len + 1)[:, :answer_len] + 1) % vocab_size
+        return DictDataset(**encode(prompt, answer))
 
     return UnlearnData(forget=make(n_forget, True), retain=make(n_retain, False), test=make(n_forget, False))
 
@@ -131,14 +137,19 @@ def tiny_causal_lm(seed: int = 0) -> TinyCausalLM:
 
 
 class _Both(Dataset):
+    """a then b; dict items keep only the keys both have (the forget set's alternates are not training data)."""
+
     def __init__(self, a: Dataset, b: Dataset) -> None:
         self.a, self.b = a, b
+        first_a, first_b = a[0], b[0]
+        self.keys = [k for k in first_a if k in first_b] if isinstance(first_a, dict) else None
 
     def __len__(self) -> int:
         return len(self.a) + len(self.b)
 
     def __getitem__(self, i: int):
-        return self.a[i] if i < len(self.a) else self.b[i - len(self.a)]
+        item = self.a[i] if i < len(self.a) else self.b[i - len(self.a)]
+        return item if self.keys is None else {k: item[k] for k in self.keys}
 
 
 @lru_cache(maxsize=4)
