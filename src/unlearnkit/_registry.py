@@ -113,7 +113,8 @@ class Registry:
 
 
 METHODS = Registry("method", builtins=("unlearnkit.methods",))
-METRICS = Registry("metric", builtins=("unlearnkit.metrics.suite", "unlearnkit.metrics.markov"))
+METRICS = Registry("metric", builtins=("unlearnkit.metrics.suite", "unlearnkit.metrics.markov",
+                                              "unlearnkit.metrics.tofu_eval"))
 MODELS = Registry("model", builtins=("unlearnkit.models",))
 DATASETS = Registry("dataset", builtins=("unlearnkit.data",))
 TASKS = Registry("task", builtins=("unlearnkit.tasks",))

@@ -29,6 +29,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .report import columns_for, format_table, latest_rows, summarize
 
     result = run(args.preset, args.overrides)
+    if not result.rows:  # a non-main process of a multi-process launch: the main process reports
+        return 0
     first = result.rows[0]
     columns = columns_for(first["benchmark"], first["scenario"])
     for (bench, scenario, model), rows in summarize(latest_rows(result.rows), columns).items():
