@@ -50,6 +50,16 @@ def test_tofu_tiny_end_to_end_and_resume(home, tmp_path, capsys):
     rows2 = _rows(out2)
     assert all(r["cached"] for r in rows2)
     assert [r["metrics"]["forget_quality"] for r in rows2] == [r["metrics"]["forget_quality"] for r in rows]
+    assert rows[2]["setup"]["world_size"] == 1 and rows[2]["setup"]["per_device_batch"] == 8
+    # the same rows read from local files in the TOFU layout: the same data hash, so the same cached models
+    from unlearnkit.data.tofu_synth import generate_authors, write_json
+
+    write_json(generate_authors(n_authors=8, n_holdout=2, seed=0), tmp_path / "tofu_files")
+    out3 = tmp_path / "run3"
+    assert main(["run", "tofu_tiny", *TINY, f"data.source={tmp_path / 'tofu_files'}", f"output_dir={out3}"]) == 0
+    rows3 = _rows(out3)
+    assert rows3[0]["data_hash"] == rows[0]["data_hash"] and all(r["cached"] for r in rows3)
+    assert rows3[3]["metrics"] == rows[3]["metrics"]
 
 
 def test_openunlearning_style_overrides():
@@ -120,7 +130,7 @@ def test_retain_logs_of_another_model_are_refused(home, tmp_path, capsys):
     assert "comes from model 'some-other-model'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("preset", ["tofu_tiny", "tofu_llama32_1b", "tofu_llama31_8b", "tofu_qwen25_1p5b"])
+@pytest.mark.parametrize("preset", ["tofu_tiny", "tofu", "tofu_llama31_8b", "tofu_qwen25_1p5b"])
 def test_presets_validate_without_downloading(preset):
     from unlearnkit.pipelines.tofu import create_methods, validate
 
@@ -154,7 +164,7 @@ def test_tofu_two_processes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows1, rows2 = _rows(one), _rows(two)
     assert [r["method"] for r in rows2] == ["original", "retain", "grad_diff"]  # written once, by the main process
-    assert all(r["world_size"] == 2 for r in rows2)
+    assert all(r["world_size"] == 2 for r in rows2) and rows2[2]["setup"]["world_size"] == 2
     for a, b in zip(rows1[:2], rows2[:2], strict=True):  # the same cached models, evaluated in two shards
         assert b["cached"]
         for key, value in a["metrics"].items():

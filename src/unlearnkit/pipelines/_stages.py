@@ -29,6 +29,19 @@ class RunResult:
     cache_hits: dict[str, bool] = field(default_factory=dict)
 
 
+@dataclass
+class Stage:
+    """A model of a run and where it came from: its cache entry (`meta`, `hit`, `key`) and, for an unlearned model,
+    the method (None for the original, retrained and retain models)."""
+
+    name: str
+    model: Any
+    meta: dict
+    hit: bool
+    key: str
+    method: Any = None
+
+
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 

@@ -25,7 +25,7 @@ from ..config import ConfigError, param, to_dict
 from ..data.markov import MarkovParams
 from ..methods._loop import LoopParams
 from ..metrics.markov import MARKOV_METRICS
-from ._stages import RunResult, now, start_run, unlearn_cached, versioned
+from ._stages import RunResult, Stage, now, start_run, unlearn_cached, versioned
 
 METHODS_OF_THE_SEED = ("grad_ascent", "grad_descent", "grad_diff", "grad_diff_kl_forget", "kl", "npo", "npo_kl",
                        "npo_rt", "simnpo", "simnpo_kl", "simnpo_rt", "imu")
@@ -117,18 +117,6 @@ def validate(cfg: MarkovConfig) -> None:
             raise ConfigError(f"metric '{name}' is not a Markov metric; available: {', '.join(MARKOV_METRICS)}")
     for seed in cfg.seeds:
         create_methods(cfg, seed)
-
-
-@dataclass
-class Stage:
-    """A model of the run and where it came from."""
-
-    name: str
-    model: Any
-    meta: dict
-    hit: bool
-    key: str
-    method: Any = None
 
 
 class MarkovRunner:

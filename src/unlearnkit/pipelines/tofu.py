@@ -29,7 +29,7 @@ from .._registry import BENCHMARKS, METHODS, METRICS
 from ..config import ConfigError, param, to_dict
 from ..data.tofu_synth import generate_authors
 from ..methods._loop import LoopParams
-from ._stages import RunResult, now, start_run, unlearn_cached, versioned
+from ._stages import RunResult, Stage, now, start_run, unlearn_cached, versioned
 
 DEFAULT_METHODS = ("grad_ascent", "grad_diff", "npo", "simnpo", "dpo", "rmu", "undial", "ce_u", "satimp", "wga",
                    "pdu", "imu")
@@ -191,18 +191,6 @@ def validate(cfg: TofuConfig) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------------------------------------------
-@dataclass
-class Stage:
-    """A model of the run and where it came from (`method` is None for the original and the retain model)."""
-
-    name: str
-    model: Any
-    meta: dict
-    hit: bool
-    key: str
-    method: Any = None
-
-
 class TofuRunner:
     """The cached stages of one TOFU run."""
 
@@ -280,7 +268,8 @@ class TofuRunner:
         from ..methods.rmu import find_block
         from ..models.llm import apply_lora
 
-        model = None
+        # a given model's config is read now, so an unreachable or misspelled model fails before any work
+        model = self.skeleton() if self.cfg.model.original is not None else None
         for name, method in create_methods(self.cfg, self.cfg.seeds[0]):
             layer, lora = getattr(method, "layer", None), getattr(method, "lora_r", 0)
             if not lora and layer is None:
@@ -450,7 +439,8 @@ class _KeepBest:
     def meta(self) -> dict[str, Any]:
         e = self.runner.cfg.eval
         best = _select(self.curve, e.select, e.select_mode)
-        return {"curve": self.curve, "best_step": best["step"] if best else None}
+        return {"curve": self.curve, "best_step": best["step"] if best else None,
+                "setup": getattr(self.method, "setup_", None)}  # world size, per-device batch, DeepSpeed (P18)
 
 
 def run_tofu(cfg: TofuConfig, *, cache: Any = None, say: Callable[[str], None] = print,
@@ -462,8 +452,11 @@ def run_tofu(cfg: TofuConfig, *, cache: Any = None, say: Callable[[str], None] =
     accelerator = accelerator or default_accelerator()
     try:  # rows, tokenizer, prompt format and module names: every input error surfaces here, before training
         runner = TofuRunner(cfg, cache=cache, say=say, accelerator=accelerator)
-    except (ValueError, FileNotFoundError) as err:
+    except ValueError as err:
         raise ConfigError(str(err)) from None
+    except OSError as err:  # a missing file, or the hub unreachable (no network, no access to a gated model)
+        raise ConfigError(f"{err} (data.source={cfg.data.source!r}, model.original={cfg.model.original!r}; the "
+                          "embedded benchmark `unlearnkit run tofu_tiny` needs no download)") from None
     main = accelerator.is_main_process  # every process trains and evaluates; the main one writes
     out_dir, config, world = Path(cfg.output_dir), to_dict(cfg), accelerator.num_processes
     run_id, versions = start_run(out_dir, config, runner.cache, data_hash=runner.data_hash, world_size=world) \
@@ -503,7 +496,7 @@ def run_tofu(cfg: TofuConfig, *, cache: Any = None, say: Callable[[str], None] =
                    "metrics": values, "times": times, "cached": stage.hit, "cache_key": stage.key,
                    "variant": content_hash({k: v for k, v in params.items() if k != "seed"})[:8],
                    "curve": stage.meta.get("curve", []), "best_step": stage.meta.get("best_step"),
-                   "reference": reference}
+                   "setup": stage.meta.get("setup"), "reference": reference}
             append_jsonl(out_dir / "results.jsonl", row)
             result.rows.append(row)
             result.cache_hits[f"{seed}/{stage.name}"] = stage.hit

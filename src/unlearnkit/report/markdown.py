@@ -71,6 +71,20 @@ COLUMN_INFO: dict[str, tuple[str, str]] = {
     "reach_step_forget1": ("reach step", "first iteration at which the forget1 forget quality (KL→true forget1) "
                            "reaches the retrained model's value; – = never"),
     "retain_kl_at_reach": ("retain KL at reach ↓", "retain distance at the reach step; lower is better"),
+    "forget_quality": ("forget quality ↑", "TOFU forget quality: KS-test p-value of the forget truth ratios against "
+                       "the retain model's (1.0 = indistinguishable from the retain model), higher is better"),
+    "model_utility": ("model utility ↑", "TOFU model utility: harmonic mean of prob, ROUGE and truth ratio on retain, "
+                      "real authors and world facts, higher is better"),
+    "forget_Q_A_ROUGE": ("forget ROUGE", "ROUGE-L recall of the greedy answers on the forget split; target = the "
+                         "retain row"),
+    "privleak": ("privleak →0", "(AUC_ret − AUC)/(1 − AUC_ret)·100 with the Min-K attack (MUSE sign convention): ≈ 0 "
+                 "is good, negative = under-unlearning, positive = over-unlearning"),
+    "forget_truth_ratio": ("forget TR", "mean min(R, 1/R) of the forget truth ratios (closer_to_1_better); target = "
+                           "the retain row"),
+    "forget_Q_A_Prob": ("forget prob", "mean exp(−avg answer loss) on the forget split; target = the retain row"),
+    "extraction_strength": ("ES", "extraction strength 1 − k*/n on the forget answers; target = the retain row"),
+    "mia_min_k_auc": ("MinK AUC", "Min-K% attack AUC, forget vs holdout (1 = still looks memorised); target = the "
+                      "retain row, not 0.5"),
     "forget_acc": (
         "forget acc",
         "accuracy (%) on the forget set; target = the retrain row (neither higher nor lower is "
