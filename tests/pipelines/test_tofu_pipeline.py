@@ -106,6 +106,16 @@ def test_best_step_is_kept_by_the_chosen_metric(home, tmp_path):
     assert row["metrics"]["forget_quality"] == pytest.approx(best["forget_quality"], rel=1e-6)
 
 
+def test_a_lora_run_returns_the_merged_model(home, tmp_path):
+    from unlearnkit.pipelines import run
+
+    result = run("tofu_tiny", [*TINY, "methods=[npo]", "unlearn={lr: 1.0e-2, epochs: 2, batch_size: 8, lora_r: 4, "
+                               "lora_targets: [q_proj, v_proj]}", f"output_dir={tmp_path / 'o'}"])
+    original, _, npo = result.rows
+    assert npo["setup"]["lora_r"] == 4 and npo["params"]["lora_targets"] == ["q_proj", "v_proj"]
+    assert npo["metrics"]["forget_Q_A_Prob"] < original["metrics"]["forget_Q_A_Prob"]
+
+
 def test_retain_logs_of_another_model_are_refused(home, tmp_path, capsys):
     from unlearnkit.pipelines.tofu import TofuRunner
 
