@@ -106,6 +106,34 @@ def test_best_step_is_kept_by_the_chosen_metric(home, tmp_path):
     assert row["metrics"]["forget_quality"] == pytest.approx(best["forget_quality"], rel=1e-6)
 
 
+def test_an_evaluation_only_run_writes_the_retain_log(home, tmp_path):
+    from unlearnkit.metrics.tofu_eval import load_outputs
+    from unlearnkit.pipelines import run
+
+    result = run("tofu_tiny", [*TINY, "methods=[]", f"output_dir={tmp_path / 'o'}"])
+    assert [r["method"] for r in result.rows] == ["original", "retain"]
+    log = load_outputs(tmp_path / "o" / "retain_logs_forget10_seed0.json", model_id="tiny_llama")
+    assert log.identity["forget_split"] == "forget10" and len(log.avg_loss["forget/answer"]) == 20
+
+
+def test_early_stopping_on_a_retain_metric(home, tmp_path):
+    from unlearnkit.pipelines import run
+
+    args = [*TINY, "methods=[grad_ascent]", "unlearn={lr: 3.0e-2, epochs: 3, batch_size: 8}", "eval.every=1",
+            f"output_dir={tmp_path / 'o'}"]
+    full = run("tofu_tiny", args).rows[-1]
+    utility = [p["retain_Q_A_Prob"] for p in full["curve"]]
+    assert full["steps"] == 9 and len(utility) == 9 and utility[-1] < utility[0]
+    floor = (utility[0] + utility[-1]) / 2  # the run is deterministic: it must stop at the first step below
+    first = next(i for i, u in enumerate(utility, start=1) if u < floor)
+    stopped = run("tofu_tiny", [*args, f"eval.stop_below={{retain_Q_A_Prob: {floor}}}"]).rows[-1]
+    assert stopped["steps"] == first < 9 and [p["step"] for p in stopped["curve"]] == list(range(1, first + 1))
+    with pytest.raises(ConfigError, match="no_such_key"):
+        run("tofu_tiny", [*args, "eval.stop_below={no_such_key: 1}"])
+    with pytest.raises(ConfigError, match="eval.every > 0"):
+        run("tofu_tiny", [*TINY, "eval.select=model_utility"])
+
+
 def test_a_lora_run_returns_the_merged_model(home, tmp_path):
     from unlearnkit.pipelines import run
 

@@ -217,7 +217,7 @@ def run_loop(model: nn.Module, loss_fn: LossFn, params: LoopParams, *, forget: D
              retain: Dataset | None = None, pairing: Literal["forget", "retain", "zip"] = "forget",
              frozen: Mapping[str, nn.Module] | None = None, trainable: Callable[[str], bool] | None = None,
              before_step: Callable[[nn.Module], None] | None = None,
-             after_step: Callable[[nn.Module, int], None] | None = None,
+             after_step: Callable[[nn.Module, int], bool | None] | None = None,
              on_epoch: Callable[[int], None] | None = None, optimizer: torch.optim.Optimizer | None = None,
              train_mode: bool = True, collate_fn=None, accelerator=None, desc: str = "unlearn",
              progress: bool | None = None) -> LoopResult:
@@ -231,7 +231,9 @@ def run_loop(model: nn.Module, loss_fn: LossFn, params: LoopParams, *, forget: D
                  grad_accum > 1, once per step, after the group's backward passes. With LoRA the hooks and
                  `loss_fn` see the wrapped model (adapter parameter names).
     after_step:  called as after_step(model, steps_done) after every optimiser step (e.g. evaluation curves); the
-                 model's train/eval mode is restored afterwards.
+                 model's train/eval mode is restored afterwards. Returning True stops the run after this step (early
+                 stopping); in a multi-process run every process must return the same value (decide on gathered
+                 metrics).
     on_epoch:    called as on_epoch(e) before the first batch of pass e (0-based) over the driver data set.
     optimizer:   a caller-owned optimiser over `model`'s parameters, used instead of a fresh one built from
                  `params`, so its state (momentum) carries over between runs; `params.schedule` spans this run only.
@@ -340,14 +342,17 @@ def run_loop(model: nn.Module, loss_fn: LossFn, params: LoopParams, *, forget: D
                 optimizer.step()
                 scheduler.step()
                 losses.append(micro[0] if len(micro) == 1 else torch.stack(micro).mean())
+                stop = False
                 if after_step is not None:
-                    after_step(acc.unwrap_model(model), step + 1)
+                    stop = bool(after_step(acc.unwrap_model(model), step + 1))
                     model.train(train_mode)
                 bar.update(1)
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{losses[-1].item():.4f}")
                     if acc.trackers:
                         acc.log({f"{desc}/loss": losses[-1].item()}, step=step)
+                if stop:  # early stopping asked for by after_step (e.g. retain utility fell below a floor)
+                    break
         finally:
             bar.close()
             if deepspeed:

@@ -65,7 +65,7 @@ def versioned(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def unlearn_cached(cache: Any, spec: Mapping[str, Any], base: Any, method: Any, data: Any, task: Any, *,
-                   enabled: bool = True, after_step: Callable[[Any, int], None] | None = None,
+                   enabled: bool = True, after_step: Callable[[Any, int], bool | None] | None = None,
                    extra: Callable[[], Mapping[str, Any]] | None = None) -> tuple[Any, dict, bool, str]:
     """(model, meta, loaded_from_cache, key) of `method` applied to a copy of `base`. The unlearning wall-clock time
     (evaluation inside `after_step` excluded) is meta["unlearn_time_s"]; `extra()` adds JSON metadata after the run
@@ -77,10 +77,11 @@ def unlearn_cached(cache: Any, spec: Mapping[str, Any], base: Any, method: Any, 
     model = copy.deepcopy(base)
     paused = [0.0]
 
-    def timed_after_step(m: Any, step: int) -> None:
+    def timed_after_step(m: Any, step: int) -> bool | None:
         t0 = time.perf_counter()
-        after_step(m, step)
+        stop = after_step(m, step)
         paused[0] += time.perf_counter() - t0
+        return stop
 
     def run(m: Any) -> dict[str, Any]:
         kwargs = {"after_step": timed_after_step} if after_step is not None else {}

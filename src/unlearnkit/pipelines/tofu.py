@@ -93,6 +93,9 @@ class TofuEval:
     select: str | None = param(None, help="keep the evaluated step with the best value of this metric key (e.g. "
                                           "model_utility); None = the last step")
     select_mode: Literal["max", "min"] = param("max", help="best = max or min of `select`")
+    stop_below: dict[str, float] = param({}, help="early stopping: end a method's run at the first evaluated step "
+                                                  "where a named metric falls below its floor, e.g. "
+                                                  "{model_utility: 0.5} (needs every > 0)")
 
 
 @dataclass
@@ -106,7 +109,9 @@ class TofuConfig:
     format: dict[str, Any] = param({}, help="QAFormat fields: template (tags|chat), system_prompt, max_length, ...")
     model: TofuModel = field(default_factory=TofuModel)
     finetune: FinetuneRecipe = field(default_factory=FinetuneRecipe)
-    methods: list[str] = param(["grad_ascent", "grad_diff", "npo", "simnpo", "rmu", "imu"], help="methods to run")
+    methods: list[str] = param(["grad_ascent", "grad_diff", "npo", "simnpo", "rmu", "imu"],
+                               help="methods to run; [] = evaluate the original and retain models only (and write "
+                                    "the retain log)")
     method: dict[str, dict[str, Any]] = param({}, help="hyperparameter overrides per method: method.NAME.KEY=VALUE")
     unlearn: dict[str, Any] = param({}, help="loop overrides given to every method (lr, epochs, batch_size, ...)")
     eval: TofuEval = field(default_factory=TofuEval)
@@ -119,8 +124,6 @@ class TofuConfig:
         if self.retain_split is not None and self.retain_split != expected:
             raise ValueError(f"retain_split='{self.retain_split}' does not pair with forget_split="
                              f"'{self.forget_split}' (allowed: {expected})")
-        if not self.methods:
-            raise ValueError("methods is empty: name at least one method, e.g. methods=[npo]")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds={self.seeds}: give one or more distinct seeds")
         if self.finetune.seed != 0:
@@ -179,6 +182,8 @@ def validate(cfg: TofuConfig) -> None:
         entry = METRICS.get(name)
         if entry.tags.get("task") != "causal_lm":
             raise ConfigError(f"metric '{name}' is not a TOFU / causal-LM metric")
+    if (cfg.eval.select or cfg.eval.stop_below) and not cfg.eval.every:
+        raise ConfigError("eval.select / eval.stop_below need eval.every > 0 (evaluate every k unlearning steps)")
     if cfg.eval.gradnorm is False and "mia_gradnorm" in cfg.eval.metrics:
         raise ConfigError("metric mia_gradnorm needs eval.gradnorm=true")
     build(QAFormat, cfg.format, where="format")
@@ -421,14 +426,17 @@ class _KeepBest:
         self.curve: list[dict] = []
         self.best_state: dict | None = None
 
-    def after_step(self, model: Any, step: int) -> None:
+    def after_step(self, model: Any, step: int) -> bool:
+        """Evaluate every `eval.every` steps; True (stop) once a metric of `eval.stop_below` is under its floor. The
+        values are gathered over all processes, so every process takes the same decision."""
         e = self.runner.cfg.eval
         if step % e.every:
-            return
+            return False
         point = {"step": step, **self.runner.metrics(self.runner.outputs(model), self.ref)}
         self.curve.append(point)
         if _select(self.curve, e.select, e.select_mode) is point:
             self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return any(point[k] < floor for k, floor in e.stop_below.items())
 
     def unlearn(self, model: Any, data: Any, task: Any, **kwargs: Any) -> Any:
         out = self.method.unlearn(model, data, task, **kwargs)
@@ -440,6 +448,7 @@ class _KeepBest:
         e = self.runner.cfg.eval
         best = _select(self.curve, e.select, e.select_mode)
         return {"curve": self.curve, "best_step": best["step"] if best else None,
+                "steps": getattr(self.method, "steps_", None),
                 "setup": getattr(self.method, "setup_", None)}  # world size, per-device batch, DeepSpeed (P18)
 
 
@@ -471,6 +480,10 @@ def run_tofu(cfg: TofuConfig, *, cache: Any = None, say: Callable[[str], None] =
         ref = runner.reference(seed, retain)
         reference = cfg.model.retain_logs or f"retain model {retain.key}"
         stages = [(original, runner.metrics(runner.outputs(original.model), ref))]
+        unknown = sorted({cfg.eval.select, *cfg.eval.stop_below} - set(stages[0][1]) - {None})
+        if unknown:  # checked on the original's values, before any unlearning
+            raise ConfigError(f"eval.select / eval.stop_below name {unknown}, which the metrics do not report; "
+                              f"keys: {', '.join(sorted(stages[0][1]))}")
         if retain is not None:
             stages.append((retain, runner.metrics(ref, ref)))
         data = runner.unlearn_data(seed)
@@ -478,7 +491,8 @@ def run_tofu(cfg: TofuConfig, *, cache: Any = None, say: Callable[[str], None] =
             keep = _KeepBest(method, runner, ref)
             spec = {"kind": "tofu_unlearned", "base": original.key, "method": name, "params": to_dict(method),
                     "forget_split": cfg.forget_split, "data": runner.data_hash, "eval_every": cfg.eval.every,
-                    "select": cfg.eval.select, "select_mode": cfg.eval.select_mode}
+                    "select": cfg.eval.select, "select_mode": cfg.eval.select_mode,
+                    "stop_below": cfg.eval.stop_below}
             model, meta, hit, key = unlearn_cached(runner.cache, spec, original.model, keep, data, runner.task,
                                                    enabled=cfg.cache_unlearned, extra=keep.meta,
                                                    after_step=keep.after_step if cfg.eval.every else None)
@@ -496,7 +510,7 @@ def run_tofu(cfg: TofuConfig, *, cache: Any = None, say: Callable[[str], None] =
                    "metrics": values, "times": times, "cached": stage.hit, "cache_key": stage.key,
                    "variant": content_hash({k: v for k, v in params.items() if k != "seed"})[:8],
                    "curve": stage.meta.get("curve", []), "best_step": stage.meta.get("best_step"),
-                   "setup": stage.meta.get("setup"), "reference": reference}
+                   "setup": stage.meta.get("setup"), "steps": stage.meta.get("steps"), "reference": reference}
             append_jsonl(out_dir / "results.jsonl", row)
             result.rows.append(row)
             result.cache_hits[f"{seed}/{stage.name}"] = stage.hit
