@@ -52,7 +52,7 @@ DEFAULT_COLUMNS: tuple[str, ...] = (
 MISSING = "–"
 """Cell text for a metric that no row of the method reports."""
 
-_FIRST_LABELS = ("original", "retrain")
+_FIRST_LABELS = ("original", "retrain", "retain")
 
 NAN_MEANS = {"reach_step_forget1": "never", "retain_kl_at_reach": "never"}
 """Cell text of columns whose NaN means something (a step never reached) rather than 'not reported'."""
@@ -451,8 +451,8 @@ def plot_summary(summary_rows: list[SummaryRow], path: str | Path, *, title: str
 
 def _legend(columns: Sequence[str]) -> list[str]:
     lines = [
-        "- **method**: the row's label; `original` is the model before unlearning, `retrain` is the gold "
-        "standard retrained from scratch without the forget set.",
+        "- **method**: the row's label; `original` is the model before unlearning, `retrain` (`retain` on TOFU) "
+        "is the gold standard trained from scratch without the forget set.",
         "- **n**: number of seeds (rows) aggregated; cells are mean ± half-width of the 95% t-interval over "
         "seeds (no ± when n < 2); `–` = not reported.",
     ]
