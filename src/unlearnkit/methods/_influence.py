@@ -12,18 +12,23 @@ Three ways to get g_i, all returning {name: [N, *shape]}:
 - `head_grads_closed_form`: when θ_h is the weight (+ bias) of the Linear layer that produces the logits,
   g_i = mean over scored positions of [(p_t − e_{y_t}) h_tᵀ, (p_t − e_{y_t})] from ONE batched forward pass;
 - `per_example_grads_loop`: one autograd backward per example (the reference for tests and benchmarks).
-All run the model in evaluation mode; the parameters outside θ_h are constants.
+All run the model in evaluation mode; the parameters outside θ_h are constants. `iter_per_example_grads` and
+`iter_head_grads_closed_form` give the same gradients one batch at a time.
+
+Two ways to get I from the g_i, followed by ONE selection step (`select_by_influence`: keep I_i < 0, weight sqrt|I_i|):
+- `stacked_influences`: from G [N, P], all g_i at once (N·P floats; what `influence_weights` uses);
+- `streamed_influences`: two passes over batches of g_i, memory O(P + batch·P): pass 1 sums g_i and g_i², pass 2
+  recomputes each batch's g_i and takes I_i. Equal to the stacked I up to float rounding (another summation order).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from fnmatch import fnmatch
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -114,25 +119,44 @@ def check_parameters(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Par
 # ---------------------------------------------------------------------------------------------------------------
 # per-example gradients
 # ---------------------------------------------------------------------------------------------------------------
-def per_example_grads(model: nn.Module, task: Any, dataset: Dataset, names: list[str], *,
-                      batch_size: int = 256) -> dict[str, Tensor]:
-    """{name: [N, *shape]}: ∇ task.per_example_loss of each example w.r.t. the named parameters, with
-    vmap(grad(...)) over the examples of each batch (each example is run as a batch of one)."""
+def iter_per_example_grads(model: nn.Module, task: Any, dataset: Dataset, names: list[str], *,
+                           batch_size: int = 256) -> Iterator[dict[str, Tensor]]:
+    """{name: [B, *shape]} for each batch of `dataset` in order: ∇ task.per_example_loss of each example w.r.t. the
+    named parameters, with vmap(grad(...)) over the examples of the batch (each example is run as a batch of one).
+    Nothing is held between batches; the model is in evaluation mode only while a batch is computed. Unknown names
+    raise here, not at the first batch."""
     params = {n: p.detach() for n, p in check_parameters(model, names).items()}
 
     def loss_one(selected: dict[str, Tensor], example: Any) -> Tensor:
         batch = map_tensors(example, lambda t: t.unsqueeze(0))  # one example -> a batch of 1
         return task.per_example_loss(Functional(model, selected), batch).sum()
 
-    per_batch = vmap(grad(loss_one), in_dims=(None, 0))
+    return _vmap_batches(model, vmap(grad(loss_one), in_dims=(None, 0)), params, dataset, batch_size)
+
+
+def _vmap_batches(model: nn.Module, per_batch: Callable[..., dict[str, Tensor]], params: dict[str, Tensor],
+                  dataset: Dataset, batch_size: int) -> Iterator[dict[str, Tensor]]:
     device = next(iter(params.values())).device
-    out: dict[str, list[Tensor]] = {n: [] for n in names}
-    # no_grad: no autograd graph for the constant parameters; torch.func.grad ignores the outer no_grad.
-    with eval_mode(model), torch.no_grad():
-        for batch in iter_batches(dataset, batch_size, device):
-            for n, g in per_batch(params, batch).items():  # [B, *shape]
-                out[n].append(g)
+    for batch in iter_batches(dataset, batch_size, device):
+        # no_grad: no autograd graph for the constant parameters; torch.func.grad ignores the outer no_grad.
+        with eval_mode(model), torch.no_grad():
+            grads = per_batch(params, batch)
+        yield grads
+
+
+def concat_grads(batches: Iterable[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """{name: [N, *shape]} from per-batch {name: [B, *shape]}."""
+    out: dict[str, list[Tensor]] = {}
+    for grads in batches:
+        for n, g in grads.items():
+            out.setdefault(n, []).append(g)
     return {n: torch.cat(gs) for n, gs in out.items()}
+
+
+def per_example_grads(model: nn.Module, task: Any, dataset: Dataset, names: list[str], *,
+                      batch_size: int = 256) -> dict[str, Tensor]:
+    """{name: [N, *shape]}: `iter_per_example_grads` over the whole data set."""
+    return concat_grads(iter_per_example_grads(model, task, dataset, names, batch_size=batch_size))
 
 
 def per_example_grads_loop(model: nn.Module, task: Any, dataset: Dataset, names: list[str]) -> dict[str, Tensor]:
@@ -149,38 +173,54 @@ def per_example_grads_loop(model: nn.Module, task: Any, dataset: Dataset, names:
     return {n: torch.stack(gs) for n, gs in out.items()}
 
 
-def head_grads_closed_form(model: nn.Module, task: Any, dataset: Dataset, head: str, *,
-                           batch_size: int = 256) -> dict[str, Tensor]:
-    """{name: [N, *shape]} for the weight (+ bias) of the nn.Linear `head` that produces the logits, from its input h
-    (captured by a forward hook) and the softmax p of one batched forward pass per batch:
+def iter_head_grads_closed_form(model: nn.Module, task: Any, dataset: Dataset, head: str, *,
+                                batch_size: int = 256) -> Iterator[dict[str, Tensor]]:
+    """{name: [B, *shape]} for each batch of `dataset` in order, for the weight (+ bias) of the nn.Linear `head` that
+    produces the logits, from its input h (captured by a forward hook) and the softmax p of one batched forward pass:
     classifier g_i = [(p_i − e_{y_i}) h_iᵀ, p_i − e_{y_i}]; causal LM g_i = (1/T_i)·Σ_{t scored} [(p_t − e_{y_t}) h_tᵀ,
-    p_t − e_{y_t}], position t predicting label t+1 (the adapter's shift). Raises NotTheLogits when the head's
-    output is not the task's logits."""
+    p_t − e_{y_t}], position t predicting label t+1 (the adapter's shift). Raises NotTheLogits when the
+    head's output is not the task's logits (at a batch); a `head` that is not an nn.Linear raises here. The hook and
+    evaluation mode last only while a batch is computed."""
     module = model.get_submodule(head)
     if not isinstance(module, nn.Linear):
         raise ValueError(f"'{head}' is a {type(module).__name__}, not an nn.Linear")
+    return _closed_form_batches(model, module, task, dataset, head, batch_size)
+
+
+def _closed_form_batches(model: nn.Module, module: nn.Linear, task: Any, dataset: Dataset, head: str,
+                         batch_size: int) -> Iterator[dict[str, Tensor]]:
     prefix = f"{head}." if head else ""
+    for batch in iter_batches(dataset, batch_size, module.weight.device):
+        grads = _closed_form_batch(model, module, task, batch, head)
+        yield {f"{prefix}{k}": g for k, g in grads.items()}
+
+
+def _closed_form_batch(model: nn.Module, module: nn.Linear, task: Any, batch: Any, head: str) -> dict[str, Tensor]:
     captured: dict[str, Tensor] = {}
 
     def hook(_m: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         captured["h"], captured["out"] = inputs[0], output
 
-    out: dict[str, list[Tensor]] = {f"{prefix}weight": [], f"{prefix}bias": []}
     handle = module.register_forward_hook(hook)
     try:
         with eval_mode(model), torch.no_grad():
-            for batch in iter_batches(dataset, batch_size, module.weight.device):
-                logits = task.logits(model, batch)
-                if captured["out"].shape != logits.shape or not torch.allclose(captured["out"].to(logits), logits):
-                    raise NotTheLogits(f"the output of '{head}' is not the logits of {type(model).__name__}")
-                delta, h = _output_error(task, logits, captured["h"], batch)  # [B, S, C], [B, S, D]
-                out[f"{prefix}weight"].append(torch.einsum("bsc,bsd->bcd", delta, h.to(delta)).to(module.weight))
-                out[f"{prefix}bias"].append(delta.sum(1).to(module.weight))
+            logits = task.logits(model, batch)
+            if captured["out"].shape != logits.shape or not torch.allclose(captured["out"].to(logits), logits):
+                raise NotTheLogits(f"the output of '{head}' is not the logits of {type(model).__name__}")
+            delta, h = _output_error(task, logits, captured["h"], batch)  # [B, S, C], [B, S, D]
+            del logits, captured["out"]
+            grads = {"weight": torch.einsum("bsc,bsd->bcd", delta, h.to(delta)).to(module.weight)}
+            if module.bias is not None:
+                grads["bias"] = delta.sum(1).to(module.weight)
     finally:
         handle.remove()
-    if module.bias is None:
-        del out[f"{prefix}bias"]
-    return {n: torch.cat(gs) for n, gs in out.items()}
+    return grads
+
+
+def head_grads_closed_form(model: nn.Module, task: Any, dataset: Dataset, head: str, *,
+                           batch_size: int = 256) -> dict[str, Tensor]:
+    """{name: [N, *shape]}: `iter_head_grads_closed_form` over the whole data set."""
+    return concat_grads(iter_head_grads_closed_form(model, task, dataset, head, batch_size=batch_size))
 
 
 def _output_error(task: Any, logits: Tensor, h: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
@@ -194,9 +234,12 @@ def _output_error(task: Any, logits: Tensor, h: Tensor, batch: Any) -> tuple[Ten
         h = h[:, :-1]  # h_t predicts token t+1
     else:
         raise ValueError(f"no closed-form head gradient for task kind '{task.name}'; use grad_method='vmap'")
-    p = torch.softmax(logits.float(), dim=-1)
-    delta = (p - F.one_hot(targets, p.shape[-1]).to(p)) * mask.unsqueeze(-1)
-    return delta / mask.sum(-1).clamp(min=1)[:, None, None], h
+    # δ = (p − e_y)·mask / T in place on p: no one-hot [B, S, C] (int64) and no further [B, S, C] temporaries;
+    # the same numbers as (p − one_hot(y))·mask / T (p + (−1) is p − 1 exactly)
+    delta = torch.softmax(logits.float(), dim=-1)
+    delta.scatter_add_(-1, targets.unsqueeze(-1), delta.new_full((*targets.shape, 1), -1.0))
+    delta.mul_(mask.unsqueeze(-1))
+    return delta.div_(mask.sum(-1).clamp(min=1)[:, None, None]), h
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -204,16 +247,94 @@ def _output_error(task: Any, logits: Tensor, h: Tensor, batch: Any) -> tuple[Ten
 # ---------------------------------------------------------------------------------------------------------------
 def influence_weights(grads: dict[str, Tensor], *, lam: float = 0.01, top_data: float = 1.0,
                       clip_quantile: float = 0.93) -> tuple[Tensor, Tensor, Tensor]:
-    """IMU steps 3-5 (specs/markov_imu.md §3) on the flattened per-example gradients G [N, P]:
-    F⁻¹ = 1/(mean_i G_i² + λ); ḡ = mean_i G_i; I_i = −(G_i ⊙ F⁻¹)·ḡ. Keep the examples with I_i < 0, of those the
-    ceil(top_data·count) with the largest |I_i|; w_i = sqrt(|I_i|) clipped above at the clip_quantile-quantile of the
-    kept weights. Returns (kept indices [K] ascending, their weights [K], influences I [N])."""
-    flat = [g.reshape(g.shape[0], -1) for g in grads.values()]
-    G = torch.cat(flat, dim=1)  # [N, P]
+    """IMU steps 3-5 (specs/markov_imu.md §3) on the per-example gradients {name: [N, *shape]}: `stacked_influences`
+    then `select_by_influence`. Returns (kept indices [K] ascending, their weights [K], influences I [N])."""
+    influences = stacked_influences(grads, lam=lam)
+    kept, weights = select_by_influence(influences, top_data=top_data, clip_quantile=clip_quantile)
+    return kept, weights, influences
+
+
+def stacked_influences(grads: Mapping[str, Tensor], *, lam: float = 0.01) -> Tensor:
+    """I [N] from the flattened per-example gradients G [N, P] (float32 or wider):
+    F⁻¹ = 1/(mean_i G_i² + λ); ḡ = mean_i G_i; I_i = −(G_i ⊙ F⁻¹)·ḡ. Holds G and one [N, P] temporary (plus `grads`
+    when the caller keeps it)."""
+    G = torch.cat([g.reshape(g.shape[0], -1) for g in grads.values()], dim=1)  # [N, P], a new tensor
+    del grads  # the caller's reference only, if it still has one
     G = G.to(torch.promote_types(G.dtype, torch.float32))
     f_inv = 1.0 / (G.pow(2).mean(0) + lam)  # [P]
     g_bar = G.mean(0)  # [P] (a new tensor: no example's gradient is overwritten)
-    influences = -(G * f_inv) @ g_bar  # [N]
+    return -(G.mul_(f_inv) @ g_bar)  # [N]; in place on G (ours), the same numbers as (G * f_inv)
+
+
+def streamed_influences(batches: Callable[[], Iterable[Mapping[str, Tensor]]], *, lam: float = 0.01) -> Tensor:
+    """The I [N] of `stacked_influences` without ever holding more than one batch of gradients: `batches()` must
+    yield the same per-batch {name: [B, *shape]} each time it is called (e.g. `iter_head_grads_closed_form`).
+    Pass 1 accumulates Σ_i g_i and Σ_i g_i² ([P] each); then u = F⁻¹ ⊙ ḡ in place; pass 2 recomputes each batch's
+    g_i and takes I_i = −g_i·u. Memory: 2 [P] accumulators + one batch of gradients (the previous batch is released
+    before the next is computed).
+
+    Accumulators are float32 (float64 when the gradients are float64), the dtype `stacked_influences` computes its
+    means in: a sum of N terms in float32 is rounded no worse than the stacked mean, and float64 would double the
+    two [P] buffers (an 8B model's output layer: 525M floats, 4.2 GB more). The result differs from the stacked one
+    by float rounding only (summation order; (g ⊙ F⁻¹)·ḡ vs g·(F⁻¹ ⊙ ḡ))."""
+    sums: dict[str, Tensor] = {}
+    squares: dict[str, Tensor] = {}
+    n = 0
+    for grads in batches():
+        n += _accumulate(grads, sums, squares)
+        del grads  # else the loop variable keeps this batch alive while the next one is computed
+    if n == 0:
+        raise ValueError("streamed_influences: no gradients (empty data set)")
+    u = sums  # u = F⁻¹ ⊙ ḡ = (Σg/N) / (Σg²/N + λ), in place: the accumulators are not needed any more
+    for name, s in u.items():
+        s.div_(n).div_(squares.pop(name).div_(n).add_(lam))
+    out: list[Tensor] = []
+    for grads in batches():
+        out.append(-_dot(grads, u))
+        del grads
+    influences = torch.cat(out)
+    if len(influences) != n:
+        raise ValueError(f"streamed_influences: the second pass gave {len(influences)} gradients, the first {n}; "
+                         "`batches()` must give the same examples each time")
+    return influences
+
+
+def _accumulate(grads: Mapping[str, Tensor], sums: dict[str, Tensor], squares: dict[str, Tensor]) -> int:
+    """sums += Σ_b g_b, squares += Σ_b g_b² per name, rows one at a time (no [B, P] temporary); returns B."""
+    count = None
+    for name, g in grads.items():
+        flat = g.reshape(g.shape[0], -1)
+        if count is not None and flat.shape[0] != count:
+            raise ValueError(f"'{name}' has gradients of {flat.shape[0]} examples, another name {count}")
+        count = flat.shape[0]
+        if name not in sums:
+            dtype = torch.promote_types(flat.dtype, torch.float32)
+            sums[name] = flat.new_zeros(flat.shape[1], dtype=dtype)
+            squares[name] = flat.new_zeros(flat.shape[1], dtype=dtype)
+        acc = squares[name]
+        sums[name] += flat.sum(0, dtype=acc.dtype)
+        for row in flat:
+            acc.addcmul_(row, row)
+    if count is None:
+        raise ValueError("no gradients in a batch")
+    return count
+
+
+def _dot(grads: Mapping[str, Tensor], u: Mapping[str, Tensor]) -> Tensor:
+    """[B]: Σ over names of flat g_b · u."""
+    total = None
+    for name, g in grads.items():
+        term = g.reshape(g.shape[0], -1).to(u[name].dtype) @ u[name]
+        total = term if total is None else total + term
+    assert total is not None
+    return total
+
+
+def select_by_influence(influences: Tensor, *, top_data: float = 1.0,
+                        clip_quantile: float = 0.93) -> tuple[Tensor, Tensor]:
+    """IMU step 5 from the influences I [N]: keep the examples with I_i < 0, of those the ceil(top_data·count) with
+    the largest |I_i|; w_i = sqrt(|I_i|) clipped above at the clip_quantile-quantile of the kept weights.
+    Returns (kept indices [K] ascending, their weights [K])."""
     negative = torch.nonzero(influences < 0).squeeze(1)
     if negative.numel() == 0:
         raise ValueError(f"IMU: no forget example has negative influence (all {len(influences)} influences are >= 0, "
@@ -224,4 +345,4 @@ def influence_weights(grads: dict[str, Tensor], *, lam: float = 0.01, top_data: 
     kept = torch.sort(negative[order[:k]]).values
     weights = influences[kept].abs().sqrt()
     weights = weights.clamp(max=torch.quantile(weights, clip_quantile))  # linear interpolation
-    return kept, weights, influences
+    return kept, weights

@@ -9,13 +9,15 @@ Then, θ_h only (everything else frozen), for each batch B of kept examples:
     L = −Σ_{i∈B} w_i·NLL(z_i) / Σ_{i∈B} w_i + α·‖θ_h‖₁
 Unlike the seed: the influences come from the trained model (not a fresh one), no example's gradient is
 overwritten by the mean, there is one backward per step, and the L1 term carries gradient.
+Memory: the g_i are stacked into G [N, P] when that takes at most STACK_LIMIT_BYTES (256 MiB), else streamed in two
+passes over the forget set (memory O(P + batch·P), one more forward pass; equal up to float rounding).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -25,13 +27,25 @@ from . import losses
 from ._base import GradientMethod, check_data, register_method
 from ._influence import (
     NotTheLogits,
-    head_grads_closed_form,
-    influence_weights,
+    check_parameters,
+    concat_grads,
+    iter_head_grads_closed_form,
+    iter_per_example_grads,
     linear_head,
-    per_example_grads,
+    select_by_influence,
     select_parameters,
+    stacked_influences,
+    streamed_influences,
 )
 from ._loop import record, run_loop
+
+T = TypeVar("T")
+# influence_memory="auto" stacks the per-example gradients G [N, P] up to this size and streams them above it; the
+# streamed path also takes at most this many bytes of gradients per batch (fewer examples than
+# influence_batch_size when P is large: one example of an 8B model's output layer is 2 GB, so batches of one).
+# 256 MiB: far above every toy / Markov setting (the seed's Markov forget set is 39 MiB, so those runs keep the
+# stacked path and its exact numbers), far below a GPU's or a host's memory.
+STACK_LIMIT_BYTES = 256 * 2**20
 
 
 class _Weighted(Dataset):
@@ -68,38 +82,72 @@ class IMU(GradientMethod):
                                        "empty = the output layer")
     grad_method: Literal["auto", "closed_form", "vmap"] = param(
         "auto", help="per-example gradients: closed form when params is exactly one Linear head, else vmap")
+    influence_memory: Literal["auto", "stack", "stream"] = param(
+        "auto", help="influences from all per-example gradients at once (stack: N·P floats) or in two passes over "
+                     "the forget set (stream: O(P + batch·P)); auto streams when N·P floats exceed 256 MiB")
+    influence_batch_size: int = param(256, gt=0, help="examples per per-example-gradient batch (streamed: at most "
+                                                      "256 MiB of gradients per batch)")
     lr: float = param(5e-4, gt=0, help="learning rate (seed: AdamW 5e-4)")
     epochs: int = param(1, ge=0, help="passes over the kept forget examples")
     batch_size: int = param(4, gt=0, help="forget batch size (seed: 4)")
     optimizer: Literal["sgd", "adam", "adamw"] = param("adamw", help="optimiser (seed: transformers AdamW)")
     weight_decay: float = param(0.0, ge=0, help="weight decay (seed: transformers AdamW default 0)")
 
-    def per_example_grads(self, model: nn.Module, task: Any, dataset: Dataset, names: list[str]) -> dict[str, Tensor]:
-        """g_i for every example of `dataset` w.r.t. `names`; sets `grad_method_` to the way used."""
+    def memory_plan(self, model: nn.Module, dataset: Dataset, names: list[str]) -> tuple[str, int]:
+        """("stack" | "stream", gradient batch size) for the influences of `dataset` w.r.t. `names`."""
+        params = check_parameters(model, names).values()
+        row_bytes = sum(p.numel() for p in params) * max(4, max(p.element_size() for p in params))
+        mode = self.influence_memory
+        if mode == "auto":
+            mode = "stream" if len(dataset) * row_bytes > STACK_LIMIT_BYTES else "stack"
+        if mode == "stack":
+            return mode, self.influence_batch_size
+        return mode, max(1, min(self.influence_batch_size, STACK_LIMIT_BYTES // row_bytes))
+
+    def with_grads(self, model: nn.Module, task: Any, dataset: Dataset, names: list[str], batch_size: int,
+                   use: Callable[[Callable[[], Iterator[dict[str, Tensor]]]], T]) -> T:
+        """use(batches): `batches()` yields g_i of `dataset` w.r.t. `names`, {name: [B, *shape]} per batch (closed
+        form when `names` is one Linear head producing the logits, else vmap; see grad_method); sets
+        `grad_method_` to the way used."""
         head = linear_head(model, names)
         if self.grad_method == "closed_form" and head is None:
             raise ValueError(f"grad_method='closed_form' needs params to be exactly the weight (+ bias) of one "
                              f"unshared nn.Linear; got {names}")
         if self.grad_method != "vmap" and head is not None:
             try:
-                grads = head_grads_closed_form(model, task, dataset, head, batch_size=256)
+                result = use(lambda: iter_head_grads_closed_form(model, task, dataset, head, batch_size=batch_size))
                 self.grad_method_ = "closed_form"
-                return grads
+                return result
             except NotTheLogits:
                 if self.grad_method == "closed_form":
                     raise
+        result = use(lambda: iter_per_example_grads(model, task, dataset, names, batch_size=batch_size))
         self.grad_method_ = "vmap"
-        return per_example_grads(model, task, dataset, names, batch_size=256)
+        return result
+
+    def per_example_grads(self, model: nn.Module, task: Any, dataset: Dataset, names: list[str]) -> dict[str, Tensor]:
+        """g_i for every example of `dataset` w.r.t. `names`, {name: [N, *shape]}; sets `grad_method_`."""
+        return self.with_grads(model, task, dataset, names, self.influence_batch_size,
+                               lambda batches: concat_grads(batches()))
+
+    def influences(self, model: nn.Module, task: Any, dataset: Dataset, names: list[str]) -> Tensor:
+        """I [N] of `dataset` w.r.t. `names` (stacked or streamed, see `memory_plan`); sets `grad_method_`,
+        `influence_memory_` and `influence_batch_size_`."""
+        mode, batch_size = self.memory_plan(model, dataset, names)
+        self.influence_memory_, self.influence_batch_size_ = mode, batch_size
+        if mode == "stack":
+            return self.with_grads(model, task, dataset, names, batch_size,
+                                   lambda batches: stacked_influences(concat_grads(batches()), lam=self.lam))
+        return self.with_grads(model, task, dataset, names, batch_size,
+                               lambda batches: streamed_influences(batches, lam=self.lam))
 
     def unlearn(self, model: nn.Module, data: Any, task: Any, accelerator: Any = None,
                 after_step: Any = None) -> nn.Module:
         validate(self, where=f"method.{self.registry_name}")
         check_data(self, data)
         names = select_parameters(model, self.params)
-        grads = self.per_example_grads(model, task, data.forget, names)  # on the original model, before any step
-        kept, weights, influences = influence_weights(grads, lam=self.lam, top_data=self.top_data,
-                                                      clip_quantile=self.clip_quantile)
-        del grads
+        influences = self.influences(model, task, data.forget, names)  # on the original model, before any step
+        kept, weights = select_by_influence(influences, top_data=self.top_data, clip_quantile=self.clip_quantile)
         self.params_, self.kept_ = names, kept.cpu()
         self.weights_, self.influences_ = weights.cpu(), influences.cpu()
         named = dict(model.named_parameters())
