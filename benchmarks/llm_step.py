@@ -151,22 +151,14 @@ def run_once(method, model, data, task, acc, device) -> tuple[dict[str, list[flo
 
 
 def cpu_peak_bytes(run) -> int:
-    """Peak of the bytes allocated by torch's CPU allocator while `run()` runs, above the level at its start."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
+    """Peak bytes of torch's CPU allocator during `run()` (unlearnkit.testing.memory), stderr silenced."""
+    from unlearnkit.testing.memory import cpu_peak_bytes as peak
 
-    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        run()
-    results = getattr(prof.profiler, "kineto_results", None)  # the raw events, allocations and frees included
-    if results is None:
-        raise RuntimeError("this torch's profiler keeps no raw memory events; run with --no-memory")
-    events = sorted((e for e in results.events() if e.name() == "[memory]" and e.device_type() == DeviceType.CPU),
-                    key=lambda e: e.start_ns())
-    level = peak = 0
-    for e in events:
-        level += e.nbytes()
-        peak = max(peak, level)
-    return peak
+    with quiet_stderr():
+        try:
+            return peak(run)
+        except RuntimeError as err:
+            raise RuntimeError(f"{err}; run with --no-memory") from None
 
 
 def peak_bytes(name: str, overrides: dict, model, data, task, acc, device) -> int:

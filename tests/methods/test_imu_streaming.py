@@ -168,24 +168,13 @@ def test_auto_stacks_small_sets_bit_identically_and_streams_large_ones(monkeypat
 
 
 def _cpu_peak_bytes(run):
-    """Peak of the bytes held by torch's CPU allocator while `run()` runs, above the level at its start: the running
-    sum of the allocation (+) and free (−) events that torch.profiler(profile_memory=True) records, in time order
-    (the method of benchmarks/llm_step.py). Every tensor torch allocates is counted, views are not."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
+    """Peak bytes of torch's CPU allocator while `run()` runs (unlearnkit.testing.memory)."""
+    from unlearnkit.testing.memory import cpu_peak_bytes
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        run()
-    results = getattr(prof.profiler, "kineto_results", None)
-    if results is None:
-        pytest.skip("this torch's profiler keeps no raw memory events")
-    events = sorted((e for e in results.events() if e.name() == "[memory]" and e.device_type() == DeviceType.CPU),
-                    key=lambda e: e.start_ns())
-    level = peak = 0
-    for e in events:
-        level += e.nbytes()
-        peak = max(peak, level)
-    return peak
+    try:
+        return cpu_peak_bytes(run)
+    except RuntimeError as err:
+        pytest.skip(str(err))
 
 
 @pytest.mark.parametrize("params", [[], ["layers.1.mlp.*"]])
