@@ -115,6 +115,20 @@ def test_attacks_match_sklearn_and_privleak_of_the_reference_is_zero():
         E.attack(out, "gradnorm")
 
 
+def test_gradnorm_attack_matches_a_direct_gradient():
+    _, _, prepared = _setup()
+    model = _model(4)
+    out = E.collect_tofu_outputs(model, prepared, batch_size=16, max_new_tokens=2, gradnorm=True)
+    ds = prepared.sets["holdout"].answer
+    item = ds.collate([ds[3]])
+    loss = get_task("causal_lm").per_example_loss(model, item).sum()
+    grads = torch.autograd.grad(loss, [p for p in model.parameters()], allow_unused=True)
+    expected = np.mean([float(g.norm()) for g in grads if g is not None])
+    assert out.gradnorm["holdout"][3] == pytest.approx(expected, rel=1e-4)
+    assert len(out.gradnorm["forget"]) == len(prepared.sets["forget"].rows)
+    assert 0 <= E.attack(out, "gradnorm")["mia_gradnorm_auc"] <= 1
+
+
 def test_evaluate_needs_the_reference_for_referenced_metrics():
     out = E.collect_tofu_outputs(_model(3), _setup()[2], batch_size=16, max_new_tokens=2)
     values = evaluate(out, ["tofu_forget_truth_ratio", "tofu_model_utility", "exact_memorization"])

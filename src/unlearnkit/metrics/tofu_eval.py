@@ -268,8 +268,7 @@ def collect_tofu_outputs(model: Any, data: TofuEvalData, *, batch_size: int = 32
 
         task = get_task("causal_lm")
         for key in ("forget", "holdout"):
-            ds = data.sets[key].answer
-            grads[key] = llm_mia.gradnorm_score(model, task, [ds.collate([ds[i]]) for i in range(len(ds))])
+            grads[key] = llm_mia.gradnorm_score(model, task, data.sets[key].answer)  # one example at a time
     return TofuOutputs(avg, token_logp, mkpp, em, es, gens, refs, answers, grads, mia_k, dict(data.identity))
 
 
