@@ -25,10 +25,10 @@ from unlearnkit.testing.toy import tiny_lm_data
 # vmap over the toy LM's CPU attention uses torch's (correct, slower) fallback and says so
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
 
-# (task kind, params, grad_method_ expected): the closed-form head, and other parameters through vmap (for the
-# classifier, features.1 is a Linear that is not the logits: auto tries the closed form and falls back to vmap)
+# (task kind, params, grad_method_ expected): the closed-form head, and other Linear parameters through the hooks
+# back-end (for the classifier, features.1 is a Linear that is not the logits: auto tries the closed form first)
 CASES = [("classifier", [], "closed_form"), ("causal_lm", [], "closed_form"),
-         ("classifier", ["features.1.*"], "vmap"), ("causal_lm", ["layers.1.mlp.*"], "vmap")]
+         ("classifier", ["features.1.*"], "hooks"), ("causal_lm", ["layers.1.mlp.*"], "hooks")]
 
 
 # G (5 examples x 3 parameters) of test_imu.py, as a [5, 1, 2] and a [5] tensor, and its influences by hand

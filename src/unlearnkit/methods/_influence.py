@@ -7,13 +7,18 @@ For the examples z_i of a data set and a parameter subset θ_h:
     F⁻¹ = 1 / (mean_i g_i² + λ)                diagonal empirical Fisher, damped
     ḡ = mean_i g_i,   I_i = −(g_i ⊙ F⁻¹)·ḡ     influence of up-weighting z_i on the mean loss
 
-Three ways to get g_i, all returning {name: [N, *shape]}:
+Four ways to get g_i, all returning {name: [N, *shape]}:
 - `per_example_grads`: torch.func (functional_call + vmap(grad(...))) over the examples of each batch;
 - `head_grads_closed_form`: when θ_h is the weight (+ bias) of the Linear layer that produces the logits,
   g_i = mean over scored positions of [(p_t − e_{y_t}) h_tᵀ, (p_t − e_{y_t})] from ONE batched forward pass;
+- `linear_grads_by_hooks`: when every parameter of θ_h is the weight or bias of nn.Linear layers (any layers: the
+  LLM version's o_proj / down_proj), from ONE batched forward and ONE backward of Σ_i ℓ_i: each layer's input x
+  [B, *, I] and output gradient δ [B, *, O] give g_i(W) = Σ_t δ_{i,t} x_{i,t}ᵀ, g_i(b) = Σ_t δ_{i,t}, summed over
+  the layer's calls. Exact when the examples of a batch do not interact (evaluation mode: no batch statistics);
+  needs no vmap, which cannot trace transformers' data-dependent mask creation;
 - `per_example_grads_loop`: one autograd backward per example (the reference for tests and benchmarks).
-All run the model in evaluation mode; the parameters outside θ_h are constants. `iter_per_example_grads` and
-`iter_head_grads_closed_form` give the same gradients one batch at a time.
+All run the model in evaluation mode; the parameters outside θ_h are constants. The `iter_*` functions give the same
+gradients one batch at a time, the `*_of_batch` ones for one given batch (IMU's per-batch influences).
 
 Two ways to get I from the g_i, followed by ONE selection step (`select_by_influence`: keep I_i < 0, weight sqrt|I_i|):
 - `stacked_influences`: from G [N, P], all g_i at once (N·P floats; what `influence_weights` uses);
@@ -38,6 +43,11 @@ from ..tasks._hooks import eval_mode
 
 class NotTheLogits(ValueError):
     """The layer given to `head_grads_closed_form` does not produce the logits the task scores."""
+
+
+class NotCaptured(ValueError):
+    """The layer hooks of `linear_grads_by_hooks` did not see the whole gradient (a weight also used outside its
+    layer's forward, a layer output changed in place, a layer that does not keep the batch dimension)."""
 
 
 def _listing(named: Mapping[str, Any], limit: int = 20) -> str:
@@ -126,12 +136,22 @@ def iter_per_example_grads(model: nn.Module, task: Any, dataset: Dataset, names:
     Nothing is held between batches; the model is in evaluation mode only while a batch is computed. Unknown names
     raise here, not at the first batch."""
     params = {n: p.detach() for n, p in check_parameters(model, names).items()}
+    return _vmap_batches(model, _vmapped_grad(model, task), params, dataset, batch_size)
 
+
+def _vmapped_grad(model: nn.Module, task: Any) -> Callable[..., dict[str, Tensor]]:
     def loss_one(selected: dict[str, Tensor], example: Any) -> Tensor:
         batch = map_tensors(example, lambda t: t.unsqueeze(0))  # one example -> a batch of 1
         return task.per_example_loss(Functional(model, selected), batch).sum()
 
-    return _vmap_batches(model, vmap(grad(loss_one), in_dims=(None, 0)), params, dataset, batch_size)
+    return vmap(grad(loss_one), in_dims=(None, 0))
+
+
+def per_example_grads_of_batch(model: nn.Module, task: Any, batch: Any, names: list[str]) -> dict[str, Tensor]:
+    """{name: [B, *shape]} for one batch (already on the model's device), as `iter_per_example_grads` computes it."""
+    params = {n: p.detach() for n, p in check_parameters(model, names).items()}
+    with eval_mode(model), torch.no_grad():
+        return _vmapped_grad(model, task)(params, batch)
 
 
 def _vmap_batches(model: nn.Module, per_batch: Callable[..., dict[str, Tensor]], params: dict[str, Tensor],
@@ -189,10 +209,21 @@ def iter_head_grads_closed_form(model: nn.Module, task: Any, dataset: Dataset, h
 
 def _closed_form_batches(model: nn.Module, module: nn.Linear, task: Any, dataset: Dataset, head: str,
                          batch_size: int) -> Iterator[dict[str, Tensor]]:
-    prefix = f"{head}." if head else ""
     for batch in iter_batches(dataset, batch_size, module.weight.device):
-        grads = _closed_form_batch(model, module, task, batch, head)
-        yield {f"{prefix}{k}": g for k, g in grads.items()}
+        yield _prefixed(_closed_form_batch(model, module, task, batch, head), head)
+
+
+def _prefixed(grads: dict[str, Tensor], head: str) -> dict[str, Tensor]:
+    prefix = f"{head}." if head else ""
+    return {f"{prefix}{k}": g for k, g in grads.items()}
+
+
+def head_grads_closed_form_of_batch(model: nn.Module, task: Any, batch: Any, head: str) -> dict[str, Tensor]:
+    """{name: [B, *shape]} for one batch (on the model's device), as `iter_head_grads_closed_form` computes it."""
+    module = model.get_submodule(head)
+    if not isinstance(module, nn.Linear):
+        raise ValueError(f"'{head}' is a {type(module).__name__}, not an nn.Linear")
+    return _prefixed(_closed_form_batch(model, module, task, batch, head), head)
 
 
 def _closed_form_batch(model: nn.Module, module: nn.Linear, task: Any, batch: Any, head: str) -> dict[str, Tensor]:
@@ -240,6 +271,156 @@ def _output_error(task: Any, logits: Tensor, h: Tensor, batch: Any) -> tuple[Ten
     delta.scatter_add_(-1, targets.unsqueeze(-1), delta.new_full((*targets.shape, 1), -1.0))
     delta.mul_(mask.unsqueeze(-1))
     return delta.div_(mask.sum(-1).clamp(min=1)[:, None, None]), h
+
+
+def linear_owners(model: nn.Module, names: Sequence[str]) -> dict[str, list[tuple[nn.Linear, str]]] | None:
+    """{name: [(layer, "weight" | "bias"), ...]}: the nn.Linear layers holding each named parameter (several when
+    Linear layers share it), or None when one of them is held by another kind of module (an embedding tied to the
+    output layer, a norm) or not as its weight / bias: then only vmap gives its per-example gradient."""
+    owners, _ = _linear_owners(model, names)
+    return owners
+
+
+def _linear_owners(model: nn.Module, names: Sequence[str]) -> tuple[dict[str, list[tuple[nn.Linear, str]]] | None,
+                                                                      str]:
+    wanted = {id(p): n for n, p in check_parameters(model, names).items()}
+    owners: dict[str, list[tuple[nn.Linear, str]]] = {n: [] for n in names}
+    for prefix, module in model.named_modules():  # each module once, also when it is registered under two names
+        for key, p in module.named_parameters(recurse=False):
+            name = wanted.get(id(p))
+            if name is None:
+                continue
+            if not isinstance(module, nn.Linear) or key not in ("weight", "bias"):
+                return None, (f"'{name}' is the '{key}' of {prefix or 'the model'} ({type(module).__name__}), not the "
+                              "weight or bias of an nn.Linear")
+            owners[name].append((module, key))
+    return owners, ""
+
+
+def iter_linear_grads_by_hooks(model: nn.Module, task: Any, dataset: Dataset, names: list[str], *,
+                               batch_size: int = 256, check: bool = True) -> Iterator[dict[str, Tensor]]:
+    """{name: [B, *shape]} for each batch of `dataset` in order, for parameters that are all weights / biases of
+    nn.Linear layers, from one batched forward and one backward per batch (no vmap; see
+    `linear_grads_by_hooks_of_batch`). check: verify on the first batch that Σ_i g_i is the gradient of Σ_i ℓ_i
+    (raises NotCaptured when the hooks missed a use of a weight). A parameter held by another kind of module raises
+    here, not at the first batch."""
+    owners, why = _linear_owners(model, names)
+    if owners is None:
+        raise ValueError(f"per-example gradients by layer hooks need nn.Linear weights / biases: {why}; use vmap")
+    return _hook_batches(model, task, dataset, names, owners, batch_size, check)
+
+
+def _hook_batches(model: nn.Module, task: Any, dataset: Dataset, names: list[str],
+                  owners: dict[str, list[tuple[nn.Linear, str]]], batch_size: int,
+                  check: bool) -> Iterator[dict[str, Tensor]]:
+    device = dict(model.named_parameters())[names[0]].device
+    for i, batch in enumerate(iter_batches(dataset, batch_size, device)):
+        yield _hooks_batch(model, task, batch, names, owners, check=check and i == 0)
+
+
+def linear_grads_by_hooks_of_batch(model: nn.Module, task: Any, batch: Any, names: list[str], *,
+                                   check: bool = False) -> dict[str, Tensor]:
+    """{name: [B, *shape]} for one batch (on the model's device) when every named parameter is the weight or bias of
+    nn.Linear layers. One forward of the batch in evaluation mode, with the named parameters replaced by detached
+    leaves that require grad and every other parameter by a detached constant (so no graph below the first selected
+    layer, and nothing touches the model's .grad); forward hooks keep each selected layer's input x [B, *, I] and
+    output y [B, *, O] at every call; ONE backward of Σ_i ℓ_i (task.per_example_loss) gives δ = ∂Σℓ/∂y, and
+    g_i(W) = Σ_calls Σ_t δ_{i,t} x_{i,t}ᵀ, g_i(b) = Σ_calls Σ_t δ_{i,t}. Exact (not an approximation) because ℓ_i
+    depends on example i only (evaluation mode: no batch statistics, no dropout): ∂Σℓ/∂y_i = ∂ℓ_i/∂y_i. Positions
+    without a loss (prompt, padding) get δ = 0 from the backward itself. Each layer's input and output must hold
+    the examples on dim 0 (else NotCaptured; a [T, B, ...] layout is not supported). A layer called several times
+    per forward (weight sharing) gets the sum over its calls, which is its whole gradient. check: also take ∇Σℓ
+    w.r.t. the leaves and raise NotCaptured unless Σ_i g_i matches it (a weight also used outside its layer's
+    forward, a layer output changed in place)."""
+    owners, why = _linear_owners(model, names)
+    if owners is None:
+        raise ValueError(f"per-example gradients by layer hooks need nn.Linear weights / biases: {why}; use vmap")
+    return _hooks_batch(model, task, batch, names, owners, check=check)
+
+
+def _hooks_batch(model: nn.Module, task: Any, batch: Any, names: list[str],
+                 owners: dict[str, list[tuple[nn.Linear, str]]], *, check: bool) -> dict[str, Tensor]:
+    named = dict(model.named_parameters())
+    leaves = {n: named[n].detach().requires_grad_() for n in names}
+    tensors = {n: p.detach() for n, p in named.items()} | leaves
+    layers = {id(m): m for pairs in owners.values() for m, _ in pairs}
+    needed: dict[int, set[str]] = {}
+    for pairs in owners.values():
+        for m, key in pairs:
+            needed.setdefault(id(m), set()).add(key)
+    calls: dict[int, list[tuple[Tensor, Tensor]]] = {k: [] for k in layers}
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        x = args[0] if args else kwargs.get("input")
+        calls[id(module)].append((x, output))
+
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in layers.values()]
+    try:
+        with eval_mode(model), torch.enable_grad():
+            total = task.per_example_loss(Functional(model, tensors), batch).sum()
+    finally:
+        for h in handles:
+            h.remove()
+    size = task.batch_size(batch)
+    flat = [(k, x, y) for k, seen in calls.items() for x, y in seen]
+    for k, x, y in flat:
+        if not (isinstance(x, Tensor) and isinstance(y, Tensor) and x.dim() >= 2 and x.shape[0] == y.shape[0] == size):
+            raise NotCaptured(f"{type(layers[k]).__name__} layer: input / output without the batch dimension {size} "
+                              f"(got {getattr(x, 'shape', type(x))} -> {getattr(y, 'shape', type(y))})")
+    outputs = [y for _, _, y in flat if y.requires_grad]
+    wrt = outputs + (list(leaves.values()) if check else [])
+    found = torch.autograd.grad(total, wrt, allow_unused=True) if wrt else ()
+    deltas = iter(found[:len(outputs)])
+    per_layer: dict[int, dict[str, Tensor]] = {}
+    for k, x, y in flat:
+        delta = next(deltas) if y.requires_grad else None
+        if delta is None:  # this output does not reach the loss
+            continue
+        dtype = torch.promote_types(torch.promote_types(delta.dtype, x.dtype), torch.float32)
+        d = delta.reshape(size, -1, delta.shape[-1]).to(dtype)  # [B, T, O]
+        acc = per_layer.setdefault(k, {})
+        if "weight" in needed[k]:
+            w = torch.einsum("bto,bti->boi", d, x.detach().reshape(size, -1, x.shape[-1]).to(dtype))
+            acc["weight"] = acc["weight"] + w if "weight" in acc else w
+        if "bias" in needed[k]:
+            acc["bias"] = acc["bias"] + d.sum(1) if "bias" in acc else d.sum(1)
+    del flat, outputs
+    grads: dict[str, Tensor] = {}
+    for n in names:
+        p = named[n]
+        g = None
+        for m, key in owners[n]:
+            part = per_layer.get(id(m), {}).get(key)
+            if part is not None:
+                g = part if g is None else g + part
+        grads[n] = (p.new_zeros((size, *p.shape)) if g is None else g.reshape(size, *p.shape)).to(p.dtype)
+    if check:
+        _check_captured(grads, dict(zip(names, found[len(found) - len(names):], strict=True)), leaves)
+    return grads
+
+
+def _check_captured(grads: Mapping[str, Tensor], full: Mapping[str, Tensor | None],
+                    leaves: Mapping[str, Tensor]) -> None:
+    """Raise NotCaptured unless Σ_i g_i equals the autograd gradient of Σ_i ℓ_i for every name (up to the float
+    rounding of the gradients' precision: a relative 1e-3 in float32 / float64, 3e-2 when any of them is 16-bit)."""
+    for n, g in grads.items():
+        ref = full[n]
+        ref = torch.zeros_like(leaves[n]) if ref is None else ref
+        low = any(t.element_size() <= 2 for t in (g, ref, leaves[n]))
+        tol = 3e-2 if low else 1e-3
+        mine = g.sum(0, dtype=torch.float32 if low else None).to(ref.dtype if not low else torch.float32)
+        ref = ref.to(mine.dtype)
+        err, scale = (mine - ref).norm().item(), max(ref.norm().item(), mine.norm().item())
+        if not err <= tol * scale + 1e-12:
+            raise NotCaptured(f"'{n}': the layer hooks give Σ_i g_i off the autograd gradient by {err:.3g} "
+                              f"(norm {scale:.3g}): the weight is also used outside its nn.Linear's forward, or a "
+                              "layer output is changed in place; use vmap")
+
+
+def linear_grads_by_hooks(model: nn.Module, task: Any, dataset: Dataset, names: list[str], *,
+                          batch_size: int = 256) -> dict[str, Tensor]:
+    """{name: [N, *shape]}: `iter_linear_grads_by_hooks` over the whole data set."""
+    return concat_grads(iter_linear_grads_by_hooks(model, task, dataset, names, batch_size=batch_size))
 
 
 # ---------------------------------------------------------------------------------------------------------------
