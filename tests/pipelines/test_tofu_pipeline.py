@@ -144,6 +144,32 @@ def test_a_lora_run_returns_the_merged_model(home, tmp_path):
     assert npo["metrics"]["forget_Q_A_Prob"] < original["metrics"]["forget_Q_A_Prob"]
 
 
+def test_given_checkpoints_and_their_cache_keys(home, tmp_path):
+    """model.original / model.retain as local checkpoints (the real-model presets' path); the unlearned model's cache
+    entry is keyed by the checkpoint files, so rewriting them invalidates it (P12)."""
+    from unlearnkit.config import dump_yaml, load_yaml
+    from unlearnkit.pipelines import resolve_preset, run
+    from unlearnkit.pipelines.tofu import TofuRunner
+
+    _, cfg = load_run_config("tofu_tiny", TINY)
+    runner = TofuRunner(cfg, say=lambda s: None)
+    for name, seed in (("target_full", 0), ("target_retain90", 1)):
+        runner.fresh(seed).save_pretrained(tmp_path / name)
+        runner.tokenizer.save_pretrained(tmp_path / name)
+    preset = load_yaml(resolve_preset("tofu_tiny"))
+    preset["model"] = {"name": "hf_causal_lm", "original": str(tmp_path / "target_full"),
+                       "retain": str(tmp_path / "target_{retain_split}"), "tokenizer": str(tmp_path / "target_full")}
+    (tmp_path / "given.yaml").write_text(dump_yaml(preset))
+    args = [a for a in TINY if not a.startswith("model.")] + ["methods=[grad_ascent]", f"output_dir={tmp_path / 'o'}"]
+    first = run(str(tmp_path / "given.yaml"), args).rows
+    assert [r["method"] for r in first] == ["original", "retain", "grad_ascent"]
+    assert first[1]["metrics"]["forget_quality"] == 1.0 and not first[2]["cached"]
+    assert run(str(tmp_path / "given.yaml"), args).rows[2]["cached"]
+    runner.fresh(2).save_pretrained(tmp_path / "target_full")  # new weights under the same name
+    again = run(str(tmp_path / "given.yaml"), args).rows
+    assert not again[2]["cached"] and again[0]["cache_key"] != first[0]["cache_key"]
+
+
 def test_retain_logs_of_another_model_are_refused(home, tmp_path, capsys):
     from unlearnkit.pipelines.tofu import TofuRunner
 

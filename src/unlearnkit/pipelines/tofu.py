@@ -327,7 +327,8 @@ class TofuRunner:
         given = self.cfg.model.original if which == "original" else self.cfg.model.retain
         if given is not None:
             given = given.format(retain_split=self.retain_split)  # e.g. ..._{retain_split} -> ..._retain90
-            return Stage(which, self.pretrained(given).eval(), {"source": given}, True, f"given:{given}")
+            model = self.pretrained(given).eval()
+            return Stage(which, model, {"source": given}, True, _checkpoint_key(given, model))
         split = "full" if which == "original" else self.retain_split
         recipe = self.cfg.finetune
         spec = versioned({"kind": "tofu_trained", "data": self.data_hash, "split": split, "model": self.cfg.model.name,
@@ -405,6 +406,15 @@ class TofuRunner:
             save_outputs(Path(self.cfg.output_dir) / f"retain_logs_{self.cfg.forget_split}_seed{seed}.json", out,
                          self.model_id())
         return out
+
+
+def _checkpoint_key(name_or_path: str, model: Any) -> str:
+    """A cache key of a given checkpoint that changes when its weights do (spec P12): the hub commit it was loaded
+    from, or for a local directory the names, sizes and modification times of its weight files."""
+    files = sorted(Path(name_or_path).glob("*.safetensors")) + sorted(Path(name_or_path).glob("*.bin"))
+    stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    commit = getattr(getattr(model, "config", None), "_commit_hash", None)
+    return "given-" + content_hash({"source": name_or_path, "commit": commit, "files": stamp})[:20]
 
 
 def _select(curve: list[dict], metric: str | None, mode: str) -> dict | None:
