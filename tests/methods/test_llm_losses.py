@@ -414,3 +414,26 @@ def test_capabilities_follow_the_hyperparameters():
     assert create_method("wga", retain_loss="kl").needs_reference
     assert METHODS.get("pdu").tags["tasks"] == ("causal_lm",)
     assert all(METHODS.get(n).tags["tasks"] == ("causal_lm",) for n in LLM if n != "pdu")
+
+
+def test_rmu_freezes_what_its_loss_cannot_reach():
+    """On a 2-layer Llama steered at layer 0 with the embed_diff retain loss, layer 1, the final norm and the LM head
+    never receive a gradient: they are frozen for the run (no optimiser state) and left exactly as they were, while
+    the embeddings and layer 0 change."""
+    import copy
+
+    from unlearnkit.models import build_model
+    from unlearnkit.testing.toy import tiny_lm_data
+
+    model = build_model("tiny_llama", seed=0, vocab_size=24, hidden_size=16, intermediate_size=32, num_layers=2,
+                        num_heads=2, pad_token_id=0)
+    before = copy.deepcopy(model)
+    method = create_method("rmu", layer="model.layers.0", lr=1e-2, epochs=1, batch_size=4)
+    out = method.unlearn(model, tiny_lm_data(), get_task("causal_lm"))
+    assert set(method.unreached_) == {n for n, _ in before.named_parameters()
+                                      if n.startswith(("model.layers.1.", "model.norm", "lm_head"))}
+    for (name, p), q in zip(out.named_parameters(), before.parameters(), strict=True):
+        assert torch.equal(p, q) == (name in method.unreached_), name
+    with pytest.raises(ValueError, match="does not reach"):
+        create_method("rmu", layer="model.layers.0", trainable=[r"lm_head\..*"], epochs=1).unlearn(
+            copy.deepcopy(before), tiny_lm_data(), get_task("causal_lm"))

@@ -8,8 +8,9 @@ specs/llm.md §2.6).
 
 A_i = the positions of example i whose label is not −100 (before the shift). The block is found once, before the
 loop, and hooked as a module object, so the hook survives wrappers that rename modules (accelerate, peft/LoRA).
-The loss never reads the layers above ℓ, so in a single-process run the forward stops at ℓ (`stop_at_layer`); those
-layers get no gradient either way, so a DDP run needs find_unused_parameters or a `trainable` set at or below ℓ.
+The loss never reads the layers above ℓ, so in a single-process run the forward stops at ℓ (`stop_at_layer`); the
+parameters the loss cannot reach (found once from its autograd graph) are frozen for the run (`unreached_`), so they
+get no optimiser state and DDP needs no find_unused_parameters.
 Only the parameters whose names match `trainable` (regexes, re.fullmatch, names as in `model.named_parameters()`)
 go to the optimiser; the rest have requires_grad=False for the run (§6 P8). WMDP recipe: steering_coeff=20,
 trainable=[r"model\.layers\.(5|6|7)\.mlp\.down_proj\.weight"].
@@ -91,6 +92,21 @@ def select_trainable(model: nn.Module, patterns: list[str]) -> set[str]:
     return chosen
 
 
+def parameters_reached(loss: torch.Tensor) -> set[int]:
+    """ids of the leaf tensors (parameters) that `loss` depends on, read off its autograd graph: no gradient is
+    computed, so it costs nothing beyond the forward pass that built `loss`."""
+    seen, reached, stack = set(), set(), [loss.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if hasattr(fn, "variable"):  # AccumulateGrad: a leaf that would receive a gradient
+            reached.add(id(fn.variable))
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return reached
+
+
 @register_method("rmu", paper="Li et al. 2024, arXiv 2403.03218 (WMDP, RMU)", tasks=("causal_lm",))
 @dataclass
 class RMU(ForgetRetainObjective):
@@ -142,6 +158,19 @@ class RMU(ForgetRetainObjective):
         frozen = self.frozen_models(model)
         blocks = self.blocks(model, frozen)  # module objects, found before any wrapping
         acc = accelerator or default_accelerator()
+        # Parameters the loss never reaches (with embed_diff: every layer above ℓ, the final norm, the LM head) are
+        # frozen for the run: the same updates, no optimiser state for them, and DDP needs no find_unused_parameters.
+        # Found from the autograd graph of the loss on two examples (a forward pass, no backward).
+        probe = self.loss(task, model, _on(_first_items(data.forget), model),
+                          _on(_first_items(data.retain), model) if "retain" in self.uses else None, frozen,
+                          blocks=blocks, stop=False)
+        reached = parameters_reached(probe)
+        del probe
+        self.unreached_ = sorted(n for n, p in model.named_parameters() if n in chosen and id(p) not in reached)
+        if not chosen - set(self.unreached_):
+            raise ValueError(f"method.rmu.trainable={self.trainable} selects only parameters the loss does not reach "
+                             f"(above layer '{self.layer}'): {self.unreached_[:5]}")
+        chosen -= set(self.unreached_)
         # Ending a forward inside a DDP / FSDP / DeepSpeed wrapper would skip its post-forward bookkeeping (DDP would
         # then silently skip the gradient all-reduce), so a multi-process run computes the full forward.
         stop = self.stop_at_layer and acc.num_processes == 1
@@ -153,3 +182,16 @@ class RMU(ForgetRetainObjective):
                           pairing=self.pairing, frozen=frozen, trainable=chosen.__contains__, accelerator=acc,
                           desc=self.registry_name, after_step=after_step)
         return record(self, result)
+
+
+def _first_items(dataset: Any, n: int = 2) -> Any:
+    """The first `n` items of `dataset` as one batch (its own collate when it has one)."""
+    from torch.utils.data import default_collate
+
+    items = [dataset[i] for i in range(min(n, len(dataset)))]
+    return getattr(dataset, "collate", default_collate)(items)
+
+
+def _on(batch: Any, model: nn.Module) -> Any:
+    device = next(model.parameters()).device
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
