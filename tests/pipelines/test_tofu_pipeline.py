@@ -42,6 +42,7 @@ def test_tofu_tiny_end_to_end_and_resume(home, tmp_path, capsys):
         assert r["reference"].startswith("retain model")
     assert by["grad_ascent"]["forget_Q_A_Prob"] < by["original"]["forget_Q_A_Prob"]
     assert (out / "report.md").is_file() and list(out.glob("retain_logs_forget10_seed0.json"))
+    assert [p.name.rsplit("-", 2)[1:] for p in out.glob("*-tofu-*.png")] == [["tofu", "tradeoff.png"]]
     printed = capsys.readouterr().out
     assert "forget quality" in printed.lower() or "forget_quality" in printed
     # a second run trains and unlearns nothing, and gives the same numbers
@@ -101,6 +102,8 @@ def test_best_step_is_kept_by_the_chosen_metric(home, tmp_path):
     curve = row["curve"]
     assert [p["step"] for p in curve] == list(range(1, len(curve) + 1)) and len(curve) == 6
     best = max(curve, key=lambda p: p["model_utility"])
+    assert sorted(p.name.rsplit("-", 1)[1] for p in (tmp_path / "o").glob("*-tofu-*.png")) == [
+        "curves.png", "tradeoff.png"]
     assert row["best_step"] == best["step"]
     assert row["metrics"]["model_utility"] == pytest.approx(best["model_utility"], rel=1e-6)
     assert row["metrics"]["forget_quality"] == pytest.approx(best["forget_quality"], rel=1e-6)

@@ -533,7 +533,13 @@ TOFU_COLUMNS = ("forget_quality", "model_utility", "forget_Q_A_ROUGE", "privleak
                 "forget_Q_A_Prob", "extraction_strength", "mia_min_k_auc", "unlearn_s")
 
 
-@BENCHMARKS.register("tofu", config=TofuConfig, validate=validate, columns=TOFU_COLUMNS,
+def _figures(rows: list[dict], out_dir: Path, stem: str) -> list[Path]:
+    from ..report.curves import plot_tofu
+
+    return plot_tofu(rows, out_dir, stem)
+
+
+@BENCHMARKS.register("tofu", config=TofuConfig, validate=validate, columns=TOFU_COLUMNS, figures=_figures,
                      rewrite_overrides=rewrite_overrides,
                      paper="TOFU (Maini et al. 2024, arXiv 2401.06121); OpenUnlearning (locuslab/open-unlearning)")
 def tofu_benchmark(cfg: TofuConfig, **kwargs: Any) -> Any:

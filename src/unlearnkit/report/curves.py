@@ -92,3 +92,47 @@ def plot_curves(rows: list[dict], run_dir: Path, stem: str) -> list[Path]:
     ax.legend(fontsize=7, loc="best")
     paths.append(_save(fig, Path(run_dir) / f"{stem}-tradeoff.png"))
     return paths
+
+
+def plot_tofu(rows: list[dict], run_dir: Path, stem: str) -> list[Path]:
+    """TOFU figures: <stem>-tofu-tradeoff.png, forget quality (log scale) against model utility, one point per method
+    (mean over seeds; the original and the retain model marked), as in OpenUnlearning's plots; and, for runs
+    evaluated during unlearning (eval.every), <stem>-tofu-curves.png with both metrics against the step."""
+    from matplotlib.figure import Figure
+
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    fig = Figure(figsize=(8, 6))
+    ax = fig.add_subplot(1, 1, 1)
+    for label in labels:
+        x, y = _final(rows, label, "model_utility"), _final(rows, label, "forget_quality")
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        marker = {"original": "o", "retain": "*"}.get(label, "s")
+        ax.plot([x], [max(y, 1e-300)], marker=marker, markersize=11 if label in ("original", "retain") else 7,
+                linestyle="none", color="black" if label in ("original", "retain") else None)
+        ax.annotate(label, (x, max(y, 1e-300)), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("model utility ↑")
+    ax.set_ylabel("forget quality ↑ (KS p-value vs the retain model, log scale)")
+    ax.set_title("TOFU: forget quality vs model utility (mean over seeds)")
+    paths = [_save(fig, Path(run_dir) / f"{stem}-tofu-tradeoff.png")]
+
+    curves = mean_curves(rows)
+    if curves:
+        fig = Figure(figsize=(12, 5))
+        for i, (key, title, log) in enumerate((("forget_quality", "forget quality ↑", True),
+                                               ("model_utility", "model utility ↑", False))):
+            ax = fig.add_subplot(1, 2, i + 1)
+            for label, (steps, values) in curves.items():
+                if key in values:
+                    ax.plot(steps, np.maximum(values[key], 1e-300) if log else values[key], label=label)
+            target = _final(rows, "retain", key)
+            if np.isfinite(target):
+                ax.axhline(target, color="black", linestyle="--", linewidth=1, label="retain")
+            if log:
+                ax.set_yscale("log")
+            ax.set_xlabel("unlearning step")
+            ax.set_title(title)
+        ax.legend(fontsize=7, loc="best")
+        paths.append(_save(fig, Path(run_dir) / f"{stem}-tofu-curves.png"))
+    return paths
