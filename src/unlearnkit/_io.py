@@ -27,6 +27,7 @@ from typing import Any
 
 __all__ = [
     "append_jsonl",
+    "atomic_write_dir",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -93,6 +94,34 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             os.unlink(tmp_name)
         raise
     fsync_path(parent)
+    return target
+
+
+def atomic_write_dir(path: str | os.PathLike[str], write: Any) -> Path:
+    """Atomically replace directory ``path`` with what ``write(tmp_dir)`` puts in a fresh temporary directory beside
+    it (e.g. a model's ``save_pretrained``). A crash leaves either the old directory or the new one, never a half
+    written one (a leftover ``.name.*.tmp`` directory is never read). Returns the path."""
+    import shutil
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        write(tmp)
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                fsync_path(f)
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_path(target.parent)
     return target
 
 

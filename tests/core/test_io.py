@@ -223,3 +223,28 @@ def test_io_and_env_import_only_stdlib():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_atomic_write_dir_replaces_whole_and_survives_a_crash(tmp_path):
+    from unlearnkit._io import atomic_write_dir
+
+    target = tmp_path / "ckpt"
+
+    def write(files):
+        def run(tmp):
+            for name, text in files.items():
+                (tmp / name).write_text(text)
+        return run
+
+    atomic_write_dir(target, write({"a.txt": "1", "b.txt": "1"}))
+    atomic_write_dir(target, write({"a.txt": "2"}))
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"] and (target / "a.txt").read_text() == "2"
+
+    def crash(tmp):
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        atomic_write_dir(target, crash)
+    assert (target / "a.txt").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary directory left

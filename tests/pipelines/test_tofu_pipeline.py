@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from unlearnkit.cli import main
@@ -141,10 +142,24 @@ def test_a_lora_run_returns_the_merged_model(home, tmp_path):
     from unlearnkit.pipelines import run
 
     result = run("tofu_tiny", [*TINY, "methods=[npo]", "unlearn={lr: 1.0e-2, epochs: 2, batch_size: 8, lora_r: 4, "
-                               "lora_targets: [q_proj, v_proj]}", f"output_dir={tmp_path / 'o'}"])
+                               "lora_targets: [q_proj, v_proj]}", "save_models=true", f"output_dir={tmp_path / 'o'}"])
     original, _, npo = result.rows
     assert npo["setup"]["lora_r"] == 4 and npo["params"]["lora_targets"] == ["q_proj", "v_proj"]
     assert npo["metrics"]["forget_Q_A_Prob"] < original["metrics"]["forget_Q_A_Prob"]
+    # the merged model, saved as a plain Hugging Face checkpoint, scores as the row says
+    from unlearnkit.metrics.tofu_eval import collect_tofu_outputs
+    from unlearnkit.models.llm import hf_causal_lm
+    from unlearnkit.pipelines.tofu import TofuRunner
+
+    saved = tmp_path / "o" / "models" / "npo-seed0"
+    model = hf_causal_lm(str(saved), local_files_only=True)
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    _, cfg = load_run_config("tofu_tiny", TINY)
+    prepared = TofuRunner(cfg, say=lambda s: None).prepared()
+    out = collect_tofu_outputs(model, prepared, batch_size=64, max_new_tokens=6)
+    assert float(np.exp(-out.avg_loss["forget/answer"]).mean()) == pytest.approx(
+        npo["metrics"]["forget_Q_A_Prob"], rel=1e-5)
+    assert not list((tmp_path / "o" / "models").glob(".*"))  # no temporary directory left behind
 
 
 def test_given_checkpoints_and_their_cache_keys(home, tmp_path):

@@ -118,6 +118,8 @@ class TofuConfig:
     seeds: list[int] = param([0], help="model-initialisation / training / unlearning seeds")
     output_dir: str = param("runs/tofu", help="where results.jsonl, report.md and the retain log go")
     cache_unlearned: bool = param(True, help="cache unlearned models, so a restarted run skips finished methods")
+    save_models: bool = param(False, help="also write every unlearned model as a Hugging Face checkpoint (weights, "
+                                          "config, tokenizer) to output_dir/models/<method>-seed<s>")
 
     def __post_init__(self) -> None:
         expected = SPLIT_PAIRS[self.forget_split]
@@ -347,6 +349,19 @@ class TofuRunner:
                  f"({meta.get('train_time_s', 0):.1f}s)")
         return Stage(which, model.eval(), meta, hit, key)
 
+    def save_checkpoint(self, model: Any, path: Path) -> Path:
+        """`model` and the tokenizer as a Hugging Face checkpoint directory, written atomically (a crash never
+        leaves a half-written checkpoint under that name)."""
+        from .._io import atomic_write_dir
+
+        def write(tmp: Path) -> None:
+            model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+
+        path = atomic_write_dir(path, write)
+        self.say(f"saved {path}")
+        return path
+
     # -- data for unlearning ---------------------------------------------------------------------------------------
     def unlearn_data(self, seed: int):
         from ..data import UnlearnData
@@ -508,6 +523,8 @@ def run_tofu(cfg: TofuConfig, *, cache: Any = None, say: Callable[[str], None] =
                                                    after_step=keep.after_step if cfg.eval.every else None)
             say(f"[seed {seed}] {name}: {'loaded from cache' if hit else 'done'} ({meta['unlearn_time_s']:.2f}s)")
             stages.append((Stage(name, model, meta, hit, key, method), runner.metrics(runner.outputs(model), ref)))
+            if cfg.save_models and main:
+                runner.save_checkpoint(model, out_dir / "models" / f"{name}-seed{seed}")
             del model
         for stage, values in stages if main else ():
             if stage.method is None:
