@@ -186,6 +186,16 @@ def test_given_checkpoints_and_their_cache_keys(home, tmp_path):
     runner.fresh(2).save_pretrained(tmp_path / "target_full")  # new weights under the same name
     again = run(str(tmp_path / "given.yaml"), args).rows
     assert not again[2]["cached"] and again[0]["cache_key"] != first[0]["cache_key"]
+    # without a retain model: refused, unless the caller opts in; then no referenced metric is reported
+    del preset["model"]["retain"]
+    (tmp_path / "given.yaml").write_text(dump_yaml(preset))
+    with pytest.raises(ConfigError, match="eval.no_reference=true"):
+        run(str(tmp_path / "given.yaml"), args)
+    alone = run(str(tmp_path / "given.yaml"), [*args, "eval.no_reference=true"]).rows
+    assert [r["method"] for r in alone] == ["original", "grad_ascent"]
+    assert "model_utility" in alone[0]["metrics"] and "forget_quality" not in alone[0]["metrics"]
+    assert alone[0]["metrics"]["model_utility"] == again[0]["metrics"]["model_utility"]
+    assert alone[1]["reference"].startswith("none")
 
 
 def test_retain_logs_of_another_model_are_refused(home, tmp_path, capsys):

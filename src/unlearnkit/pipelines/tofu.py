@@ -93,6 +93,9 @@ class TofuEval:
     select: str | None = param(None, help="keep the evaluated step with the best value of this metric key (e.g. "
                                           "model_utility); None = the last step")
     select_mode: Literal["max", "min"] = param("max", help="best = max or min of `select`")
+    no_reference: bool = param(False, help="opt in to a run of a given model.original WITHOUT a retain model or log: "
+                                           "the metrics that compare with the retain model (forget quality, "
+                                           "privleak, the Reference attack) are skipped, and rows say so (P13)")
     stop_below: dict[str, float] = param({}, help="early stopping: end a method's run at the first evaluated step "
                                                   "where a named metric falls below its floor, e.g. "
                                                   "{model_utility: 0.5} (needs every > 0)")
@@ -134,9 +137,10 @@ class TofuConfig:
         if m.original is None and (m.retain is not None or m.retain_logs is not None):
             raise ValueError("model.retain / model.retain_logs are for a given model.original; without one both "
                              "models are trained here")
-        if m.original is not None and m.retain is None and m.retain_logs is None:
+        if m.original is not None and m.retain is None and m.retain_logs is None and not self.eval.no_reference:
             raise ValueError(f"model.original='{m.original}' needs model.retain or model.retain_logs (the reference "
-                             "of forget quality and privleak; spec P13: never a silent reference)")
+                             "of forget quality and privleak; spec P13: never a silent reference), or "
+                             "eval.no_reference=true to skip the metrics that need one")
 
 
 def rewrite_overrides(items: Sequence[str]) -> list[str]:
@@ -392,7 +396,10 @@ class TofuRunner:
     def metrics(self, outputs, ref) -> dict[str, float]:
         from ..metrics.evaluate import evaluate
 
-        return evaluate(outputs, self.cfg.eval.metrics, ref=ref)
+        names = self.cfg.eval.metrics
+        if ref is None:  # eval.no_reference: only the metrics of the model alone
+            names = [n for n in names if not METRICS.get(n).tags.get("needs_reference")]
+        return evaluate(outputs, names, ref=ref)
 
     def model_id(self) -> str:
         m = self.cfg.model
@@ -404,8 +411,8 @@ class TofuRunner:
         from ..metrics.tofu_eval import load_outputs, save_outputs
 
         ident = self.prepared().identity
-        if self.retain_log is not None:
-            return self.retain_log
+        if self.retain_log is not None or retain_stage is None:
+            return self.retain_log  # None: eval.no_reference
         e = self.cfg.eval
         key = content_hash({"retain": retain_stage.key, "identity": ident, "mia_k": e.mia_k, "gradnorm": e.gradnorm,
                             "max_new_tokens": e.max_new_tokens})[:20]
@@ -501,9 +508,11 @@ def run_tofu(cfg: TofuConfig, *, cache: Any = None, say: Callable[[str], None] =
     result = RunResult(out_dir)
     for seed in cfg.seeds:
         original = runner.trained(seed, "original")
-        retain = runner.trained(seed, "retain") if cfg.model.retain_logs is None else None
+        has_retain = cfg.model.retain_logs is None and (cfg.model.original is None or cfg.model.retain is not None)
+        retain = runner.trained(seed, "retain") if has_retain else None
         ref = runner.reference(seed, retain)
-        reference = cfg.model.retain_logs or f"retain model {retain.key}"
+        reference = cfg.model.retain_logs or (f"retain model {retain.key}" if retain else
+                                              "none (eval.no_reference: no forget quality, privleak, Reference)")
         stages = [(original, runner.metrics(runner.outputs(original.model), ref))]
         unknown = sorted({cfg.eval.select, *cfg.eval.stop_below} - set(stages[0][1]) - {None})
         if unknown:  # checked on the original's values, before any unlearning
