@@ -117,6 +117,20 @@ def test_chat_template_prompt(tok):
     assert labels[len(prompt):] == ids[len(prompt):] and ids[-1] == tok.eos_token_id
 
 
+def test_chat_date_string_is_passed_to_the_template(tok):
+    """Llama-3 templates print today's date unless given date_string: the prompt must not depend on the day."""
+    saved = tok.chat_template
+    tok.chat_template = "{% if date_string is defined %}{{ date_string }} {% endif %}" + CHAT_TEMPLATE
+    try:
+        dated = encode_prompt(tok, "Who is the author of the book?", QAFormat(template="chat", date_string="book"))
+        plain = encode_prompt(tok, "Who is the author of the book?", QAFormat(template="chat"))
+    finally:
+        tok.chat_template = saved
+    assert dated == tok("book < user > Who is the author of the book? < assistant > ",
+                        add_special_tokens=False)["input_ids"]
+    assert plain == dated[1:]
+
+
 def test_chat_without_template_names_the_tokenizer(tok, tmp_path):
     tok.save_pretrained(tmp_path / "wordtok")
     from transformers import AutoTokenizer

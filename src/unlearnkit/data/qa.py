@@ -205,6 +205,9 @@ class QAFormat:
     answer_start: str = param("Answer: ", help="tags mode: text after question_end, before the answer")
     max_length: int = param(512, ge=1, help="max tokens of prompt + answer + eos; truncated from the right")
     question_key: str = param("question", help="row field holding the question (e.g. paraphrased_question)")
+    date_string: str | None = param(None, help="chat: the template's date_string (Llama-3's templates print today's "
+                                               "date otherwise, so prompts would change from day to day; "
+                                               "OpenUnlearning passes '10 Apr 2025')")
 
 
 def _name(tokenizer: Any) -> str:
@@ -245,7 +248,9 @@ def encode_prompt(tokenizer: Any, question: str, fmt: QAFormat) -> list[int]:
     if fmt.template == "chat":
         messages = [{"role": "system", "content": fmt.system_prompt}] if fmt.system_prompt is not None else []
         messages.append({"role": "user", "content": question})
-        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        extra = {"date_string": fmt.date_string} if fmt.date_string is not None else {}
+        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False,
+                                            **extra)
         ids = out["input_ids"] if isinstance(out, Mapping) else out
         return [int(t) for t in ids]
     system = fmt.system_prompt + fmt.question_end if fmt.system_prompt is not None else ""
