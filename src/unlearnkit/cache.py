@@ -508,20 +508,27 @@ class ModelCache:
         if hit and tensors is not None:
             return tensors, meta or {}, True
         built = {name: t.detach().to("cpu").contiguous() for name, t in build().items()}
-        full: dict[str, Any] = {"spec": dict(spec) if spec is not None else None}
-
-        def write(file: Path) -> None:
-            from safetensors.torch import save_file
-
-            save_file(built, os.fspath(file))
-            fsync_path(file)
-
-        entry, won = self._save_file(key, TENSORS_FILE, write, full)
+        meta, won = self.save_tensors(key, built, {"spec": dict(spec) if spec is not None else None})
         if not won:
             loaded, loaded_meta = self.load_tensors(key)
             if loaded is not None:
                 return loaded, loaded_meta or {}, False
-        return built, entry.meta, False
+        return built, meta, False
+
+    def save_tensors(self, key: str, tensors: Mapping[str, torch.Tensor],
+                     meta: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Publish entry ``key`` holding ``tensors`` (CPU, contiguous, no shared storage) with ``meta`` (JSON), with
+        the guarantees of every entry (atomic publish, SHA-256 on load); (the stored meta, whether this call won a
+        race with another process publishing the same key)."""
+
+        def write(file: Path) -> None:
+            from safetensors.torch import save_file
+
+            save_file(dict(tensors), os.fspath(file))
+            fsync_path(file)
+
+        entry, won = self._save_file(key, TENSORS_FILE, write, meta)
+        return entry.meta, won
 
     # ------------------------------------------------------------------ listing and removal
 
