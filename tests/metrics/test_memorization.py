@@ -164,7 +164,7 @@ def test_proxies_orientation_on_random_softmax():
     ("probs", "labels", "match"),
     [(np.ones((2, 3)), [0, 0], "3-D"),
      (np.full((1, 2, 3), 1 / 3), [0, 3], r"\[0, 3\)"),
-     (np.full((1, 2, 3), 1 / 3), [0], "length N=2"),
+     (np.full((1, 2, 3), 1 / 3), [0], "length 1 but there are 2 examples"),
      (np.full((1, 2, 3), 1 / 3), [0.5, 1], "integers"),
      (np.array([[[2.0, -1.0, 0.0]]]), [0], "softmax probabilities"),
      (np.array([[[0.5, 0.2, 0.1]]]), [0], "sum 0.8")],

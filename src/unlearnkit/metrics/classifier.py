@@ -56,7 +56,7 @@ def _as_labels(labels: ArrayLike, n: int, num_classes: int, name: str = "labels"
     if y.ndim != 1:
         raise ValueError(f"{name} must be 1-D [N]; got shape {y.shape}")
     if y.shape[0] != n:
-        raise ValueError(f"{name} has length {y.shape[0]} but logits have {n} rows")
+        raise ValueError(f"{name} has length {y.shape[0]} but there are {n} examples")
     if y.size == 0:
         return y.astype(np.int64)
     if not np.issubdtype(y.dtype, np.integer):

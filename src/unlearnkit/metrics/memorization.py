@@ -97,20 +97,9 @@ def _probs_labels(probs: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.n
     p = p.astype(np.float64, copy=False)
     finite = np.isfinite(p).all(axis=-1)
     _check_prob_rows(p, "probs", finite)
-    y = np.asarray(labels)
-    if y.ndim != 1 or y.shape[0] != n:
-        raise ValueError(f"labels must be 1-D of length N={n} (probs has shape {p.shape}); got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        if np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.round(y)).all():
-            y = y.astype(np.int64)
-        else:
-            raise ValueError(f"labels must be integers; got dtype {y.dtype}")
-    y = y.astype(np.int64, copy=False)
-    out = (y < 0) | (y >= c)
-    if out.any():
-        i = int(np.argmax(out))
-        raise ValueError(f"labels must lie in [0, {c}) (C = probs.shape[2]); got {int(y[i])} at index {i}")
-    return p, y, finite
+    from .classifier import _as_labels
+
+    return p, _as_labels(labels, n, c), finite
 
 
 def _mean_over_finite_epochs(values: np.ndarray, finite: np.ndarray) -> np.ndarray:
