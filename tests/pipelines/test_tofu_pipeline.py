@@ -262,3 +262,13 @@ def test_tofu_two_processes(tmp_path):
         for key, value in a["metrics"].items():
             assert b["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-9, nan_ok=True), key
     assert not rows2[2]["cached"] and rows2[2]["metrics"]["forget_Q_A_Prob"] < rows2[0]["metrics"]["forget_Q_A_Prob"]
+
+
+def test_one_original_model_serves_every_forget_split(home, tmp_path):
+    from unlearnkit.pipelines import run
+
+    ten = run("tofu_tiny", [*TINY, "methods=[]", f"output_dir={tmp_path / 'a'}"]).rows
+    five = run("tofu_tiny", [*TINY, "methods=[]", "forget_split=forget05", f"output_dir={tmp_path / 'b'}"]).rows
+    assert five[0]["cache_key"] == ten[0]["cache_key"] and five[0]["cached"]  # the same original, from the cache
+    assert five[1]["cache_key"] != ten[1]["cache_key"]  # retain95 is another model than retain90
+    assert five[0]["metrics"]["model_utility"] == ten[0]["metrics"]["model_utility"]

@@ -34,6 +34,10 @@ from ._stages import RunResult, Stage, now, start_run, unlearn_cached, versioned
 DEFAULT_METHODS = ("grad_ascent", "grad_diff", "npo", "simnpo", "dpo", "rmu", "undial", "ce_u", "satimp", "wga",
                    "pdu", "imu")
 SPLIT_PAIRS = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+# A trained tokenizer reads these whatever the forget split, so the original model (trained on `full`) is one model
+# for every split: forget10 ⊇ forget05 ⊇ forget01 and holdout10 ⊇ holdout05 ⊇ holdout01 in TOFU's layout.
+TOKENIZER_SPLITS = ("full", "forget10_perturbed", "holdout10", "retain_perturbed", "world_facts_perturbed",
+                    "real_authors_perturbed")
 
 
 @dataclass
@@ -225,6 +229,7 @@ class TofuRunner:
         self.splits = self._load_rows(sorted(needed))
         self.data_hash = content_hash({k: self.splits[k] for k in sorted(self.splits)})[:16]
         self.tokenizer = self._tokenizer()
+        self.vocab_hash = content_hash(sorted(self.tokenizer.get_vocab().items()))[:16]
         self._eval = None
         self.check_methods()
         self.retain_log = None
@@ -234,22 +239,34 @@ class TofuRunner:
             self.retain_log = load_outputs(cfg.model.retain_logs, identity=self.prepared().identity,
                                            model_id=self.model_id())
 
-    def _load_rows(self, names: list[str]) -> dict[str, list[dict]]:
+    def _load_rows(self, names: list[str], missing_ok: bool = False) -> dict[str, list[dict]]:
+        """Rows of the named splits; with missing_ok, a split a local directory lacks is left out."""
         d = self.cfg.data
         if d.source == "synthetic":
             synth = generate_authors(n_authors=d.n_authors, n_holdout=d.n_holdout, seed=d.seed)
             return {n: synth.split(n) for n in names}
         from ..data.qa import load_qa_rows
 
-        return {n: load_qa_rows(n, d.source) for n in names}
+        out = {}
+        for n in names:
+            try:
+                out[n] = load_qa_rows(n, d.source)
+            except FileNotFoundError:
+                if not missing_ok:
+                    raise
+        return out
 
     def _tokenizer(self):
         from ..data.qa import check_format, train_word_tokenizer
 
         m = self.cfg.model
         if m.tokenizer == "train":
-            texts = [r[k] if isinstance(r[k], str) else " ".join(r[k]) for rows in self.splits.values() for r in rows
-                     for k in ("question", "answer", "paraphrased_answer", "perturbed_answer") if k in r]
+            names = sorted({*TOKENIZER_SPLITS, *self.cfg.data.general_splits})  # never the forget split's own
+            loaded = {n: self.splits[n] for n in names if n in self.splits}
+            loaded.update(self._load_rows([n for n in names if n not in loaded], missing_ok=True))
+            keys = ("question", self.fmt.question_key, "answer", "paraphrased_answer", "perturbed_answer")
+            texts = [r[k] if isinstance(r[k], str) else " ".join(r[k]) for n in names if n in loaded
+                     for r in loaded[n] for k in dict.fromkeys(keys) if k in r]
             texts += [self.fmt.question_start, self.fmt.question_end, self.fmt.answer_start]
             tok = train_word_tokenizer(texts)
         else:
@@ -337,7 +354,10 @@ class TofuRunner:
             return Stage(which, model, {"source": given}, True, _checkpoint_key(given, model))
         split = "full" if which == "original" else self.retain_split
         recipe = self.cfg.finetune
-        spec = versioned({"kind": "tofu_trained", "data": self.data_hash, "split": split, "model": self.cfg.model.name,
+        # keyed by what training reads (its rows and the vocabulary), not by the evaluation splits, so one original
+        # serves every forget split
+        data = content_hash({"rows": self.train_rows(split), "vocab": self.vocab_hash})[:16]
+        spec = versioned({"kind": "tofu_trained", "data": data, "split": split, "model": self.cfg.model.name,
                           "args": self.model_args(), "format": to_dict(self.fmt), "recipe": to_dict(recipe),
                           "train_answers": self.cfg.data.train_answers,
                           "general": self.cfg.data.general_splits, "seed": seed})
