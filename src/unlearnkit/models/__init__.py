@@ -19,7 +19,7 @@ def build_model(name: str, *, seed: int, **kwargs: Any) -> nn.Module:
 
 
 def _register_builtins() -> None:
-    from . import llm, markov, small, vision  # noqa: F401
+    from . import llm, markov, mimu, small, vision  # noqa: F401
 
 
 _register_builtins()
