@@ -29,6 +29,7 @@ from torch import nn
 from ..config import param
 from . import losses
 from ._base import ForgetRetainObjective, register_method
+from ._influence import map_tensors
 from ._loop import default_accelerator, record, run_loop
 
 
@@ -194,4 +195,4 @@ def _first_items(dataset: Any, n: int = 2) -> Any:
 
 def _on(batch: Any, model: nn.Module) -> Any:
     device = next(model.parameters()).device
-    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+    return map_tensors(batch, lambda t: t.to(device))

@@ -56,6 +56,7 @@ class EvalSet:
     correct: Any | None = None  # QADataset of (question, the truth-ratio's correct answer)
     perturbed: list[Any] = field(default_factory=list)  # QADataset per perturbed option j
     questions: list[str] = field(default_factory=list)
+    references: list[str] = field(default_factory=list)  # the answers decoded from their labels (ROUGE, ZLib)
 
 
 @dataclass
@@ -84,7 +85,8 @@ def prepare_tofu_eval(splits: Mapping[str, Sequence[dict]], forget_split: str, t
         rows = list(splits[split])
         qkey = fmt.question_key
         ds = lambda pairs: QADataset(pairs, tokenizer, fmt)  # noqa: E731
-        s = EvalSet(rows, ds(qa_pairs(rows, "answer", qkey)), questions=[r[qkey] for r in rows])
+        answer = ds(qa_pairs(rows, "answer", qkey))
+        s = EvalSet(rows, answer, questions=[r[qkey] for r in rows], references=_reference_texts(answer, tokenizer))
         if key != "holdout":
             correct = "paraphrased_answer" if key in ("forget", "retain") else "answer"
             s.correct = ds(qa_pairs(rows, correct, qkey))
@@ -251,7 +253,7 @@ def collect_tofu_outputs(model: Any, data: TofuEvalData, *, batch_size: int = 32
             if detail:
                 token_logp[key] = [np.asarray(r[1]) for r in rows]
                 mkpp[key] = np.array([r[2] for r in rows])
-                answers[key] = _reference_texts(s.answer, data.tokenizer)
+                answers[key] = s.references
                 if key == "forget":
                     em, es = np.array([r[3] for r in rows]), np.array([r[4] for r in rows])
             if s.correct is not None:
@@ -261,7 +263,7 @@ def collect_tofu_outputs(model: Any, data: TofuEvalData, *, batch_size: int = 32
             if key in ROUGE_SETS:
                 gens[key] = greedy_generate(model, data.tokenizer, s.questions, data.fmt, batch_size=batch_size,
                                             max_new_tokens=max_new_tokens, acc=accelerator)
-                refs[key] = _reference_texts(s.answer, data.tokenizer)
+                refs[key] = s.references
     grads = {}
     if gradnorm:
         from ..tasks import get_task

@@ -174,13 +174,10 @@ def create_methods(cfg: TofuConfig, seed: int) -> list[tuple[str, Any]]:
         METHODS.get(name)
     out = []
     for name in cfg.methods:
-        values = {**cfg.unlearn, "seed": seed, **cfg.method.get(name, {})}
-        fields = METHODS.get(name).obj.__dataclass_fields__
-        unknown = sorted(k for k in cfg.unlearn if k not in fields)
+        unknown = sorted(k for k in cfg.unlearn if k not in METHODS.get(name).obj.__dataclass_fields__)
         if unknown:
             raise ConfigError(f"unlearn.{unknown[0]}: method '{name}' has no such hyperparameter")
-        out.append((name, METHODS.create(name, **{k: v for k, v in values.items() if k in fields or
-                                                  k in cfg.method.get(name, {})})))
+        out.append((name, METHODS.create(name, **{**cfg.unlearn, "seed": seed, **cfg.method.get(name, {})})))
     return out
 
 
@@ -243,8 +240,9 @@ class TofuRunner:
         """Rows of the named splits; with missing_ok, a split a local directory lacks is left out."""
         d = self.cfg.data
         if d.source == "synthetic":
-            synth = generate_authors(n_authors=d.n_authors, n_holdout=d.n_holdout, seed=d.seed)
-            return {n: synth.split(n) for n in names}
+            if getattr(self, "_synth", None) is None:  # generated once per run
+                self._synth = generate_authors(n_authors=d.n_authors, n_holdout=d.n_holdout, seed=d.seed)
+            return {n: self._synth.split(n) for n in names}
         from ..data.qa import load_qa_rows
 
         out = {}
