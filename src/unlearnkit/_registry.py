@@ -1,4 +1,4 @@
-"""One generic registry for methods, models, datasets, metrics, tasks and benchmarks.
+"""One generic registry for methods, models, datasets, metrics, tasks, benchmarks and memorisation scores.
 
     METHODS = Registry("method", builtins=("unlearnkit.methods",))
 
@@ -119,3 +119,4 @@ MODELS = Registry("model", builtins=("unlearnkit.models",))
 DATASETS = Registry("dataset", builtins=("unlearnkit.data",))
 TASKS = Registry("task", builtins=("unlearnkit.tasks",))
 BENCHMARKS = Registry("benchmark", builtins=("unlearnkit.pipelines",))
+SCORES = Registry("score", builtins=("unlearnkit.metrics.scores",))

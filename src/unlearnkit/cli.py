@@ -2,7 +2,7 @@
 
     unlearnkit run [PRESET] [key=value ...]     run a benchmark (default: the embedded `digits` quick start)
     unlearnkit validate [PRESET] [key=value ...] check a config without running anything
-    unlearnkit list methods|metrics|benchmarks|models|datasets|presets
+    unlearnkit list methods|metrics|benchmarks|models|datasets|scores|presets
     unlearnkit show method NAME                 a method's hyperparameters and defaults
     unlearnkit report DIR                       rebuild DIR/report.md from DIR/results.jsonl
     unlearnkit cache ls | rm KEY_PREFIX | clear | path
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from ._registry import RegistryError
 from .config import ConfigError
 
-LISTS = ("methods", "metrics", "benchmarks", "models", "datasets", "presets")
+LISTS = ("methods", "metrics", "benchmarks", "models", "datasets", "scores", "presets")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

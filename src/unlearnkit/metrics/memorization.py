@@ -10,8 +10,9 @@ Contents:
 
 * :func:`subset_masks` / :func:`feldman_zhang` — the subsampled-runs memorisation estimator (§5.1).
 * :func:`confidence_proxy`, :func:`max_conf_proxy`, :func:`neg_entropy_proxy`, :func:`binary_acc_proxy` —
-  learning-event proxies from per-epoch softmax outputs ``probs [E, N, C]`` (§5.2). Recording those outputs
-  (pre-update, train mode) is the caller's job.
+  learning-event proxies from per-epoch softmax outputs ``probs [E, N, C]`` (§5.2); the per-epoch quantity of
+  each is one function of :data:`PROXY_EPOCH_VALUES`, which the recorder of the original training
+  (``scores.record_training``: pre-update, train mode) accumulates without keeping ``[E, N, C]``.
 * :func:`holdout_kl_score` — the holdout-retraining proxy: symmetric KL / 2 between two models' softmax outputs.
 * :func:`loss_curvature` — input-space loss curvature (CURE-style finite difference of input gradients).
 * :func:`rank_correlations` — Spearman ρ of each score against a reference (NaNs dropped pairwise).
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = [
+    "PROXY_EPOCH_VALUES",
     "binary_acc_proxy",
     "confidence_proxy",
     "entanglement_score",
@@ -47,6 +49,7 @@ __all__ = [
     "loss_curvature",
     "max_conf_proxy",
     "neg_entropy_proxy",
+    "proxy_from_sums",
     "rank_correlations",
     "subset_masks",
 ]
@@ -100,14 +103,6 @@ def _probs_labels(probs: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.n
     from .classifier import _as_labels
 
     return p, _as_labels(labels, n, c), finite
-
-
-def _mean_over_finite_epochs(values: np.ndarray, finite: np.ndarray) -> np.ndarray:
-    """``values [E, N]`` -> ``[N]``: mean over the epochs whose probability row is finite; NaN if none is."""
-    count = finite.sum(axis=0)
-    total = np.where(finite, values, 0.0).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -199,6 +194,51 @@ def feldman_zhang(
 # --------------------------------------------------------------------------------------------------
 # learning-event proxies (§5.2), from recorded softmax outputs
 # --------------------------------------------------------------------------------------------------
+# The per-epoch quantity of each learning-event proxy, "higher = better learned" (before the flip). ONE function per
+# proxy, used by the [E, N, C] functions below and by the recorder of the original training (_score_record.py).
+# p [..., N, C] float64 softmax rows, y [N] int labels -> [..., N] float64; a non-finite row's value is arbitrary
+# (callers drop those rows).
+def _confidence_epoch(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return p[..., np.arange(y.shape[0]), y]  # p(y_i | x_i)
+
+
+def _max_conf_epoch(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return p.max(axis=-1)  # max_k p_k
+
+
+def _neg_entropy_epoch(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)  # 0·log 0 = 0
+    return plogp.sum(axis=-1)  # Σ_k p_k log p_k
+
+
+def _binary_acc_epoch(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(p).all(axis=-1)
+    return (np.argmax(np.where(finite[..., None], p, 0.0), axis=-1) == y).astype(np.float64)  # 1[argmax = y]
+
+
+#: name -> per-epoch quantity ``(p [..., N, C], y [N]) -> [..., N]`` of the learning-event proxies (§5.2).
+PROXY_EPOCH_VALUES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "confidence": _confidence_epoch,
+    "max_conf": _max_conf_epoch,
+    "neg_entropy": _neg_entropy_epoch,
+    "binary_acc": _binary_acc_epoch,
+}
+
+
+def proxy_from_sums(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """A learning-event proxy from its accumulators: ``−total / count`` per example (the negated mean over the
+    ``count`` finite epochs of the per-epoch quantity summed in ``total``), ``nan`` where ``count == 0``."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return -np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _event_proxy(name: str, probs: ArrayLike, labels: ArrayLike) -> np.ndarray:
+    p, y, finite = _probs_labels(probs, labels)
+    values = PROXY_EPOCH_VALUES[name](p, y)  # [E, N]
+    return proxy_from_sums(np.where(finite, values, 0.0).sum(axis=0), finite.sum(axis=0))
+
+
 _PROXY_ROWS_DOC = """
     ``probs [E, N, C]``: softmax outputs of the N training examples at each of E epochs (recorded before the
     update, in train mode, vision.md §5.2); ``labels [N]``: integer labels in ``[0, C)``. **Non-finite rows are
@@ -213,9 +253,7 @@ def confidence_proxy(probs: ArrayLike, labels: ArrayLike) -> np.ndarray:
     Raw quantity: mean over epochs of the softmax probability of the true label (high = learned early and
     confidently = low memorisation). Returned **negated**, range ``[−1, 0]``.
     """
-    p, y, finite = _probs_labels(probs, labels)
-    raw = p[:, np.arange(p.shape[1]), y]  # [E, N]
-    return -_mean_over_finite_epochs(raw, finite)
+    return _event_proxy("confidence", probs, labels)
 
 
 def max_conf_proxy(probs: ArrayLike, labels: ArrayLike) -> np.ndarray:
@@ -224,8 +262,7 @@ def max_conf_proxy(probs: ArrayLike, labels: ArrayLike) -> np.ndarray:
     Raw quantity: mean over epochs of the largest softmax probability, whatever its class (``labels`` are
     only validated). Returned **negated**, range ``[−1, −1/C]``.
     """
-    p, _, finite = _probs_labels(probs, labels)
-    return -_mean_over_finite_epochs(p.max(axis=-1), finite)
+    return _event_proxy("max_conf", probs, labels)
 
 
 def neg_entropy_proxy(probs: ArrayLike, labels: ArrayLike) -> np.ndarray:
@@ -238,10 +275,7 @@ def neg_entropy_proxy(probs: ArrayLike, labels: ArrayLike) -> np.ndarray:
     not reproduce). Only rows with a non-finite probability are dropped (see below). ``labels`` are only
     validated.
     """
-    p, _, finite = _probs_labels(probs, labels)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
-    return -_mean_over_finite_epochs(plogp.sum(axis=-1), finite)
+    return _event_proxy("neg_entropy", probs, labels)
 
 
 def binary_acc_proxy(probs: ArrayLike, labels: ArrayLike) -> np.ndarray:
@@ -250,9 +284,7 @@ def binary_acc_proxy(probs: ArrayLike, labels: ArrayLike) -> np.ndarray:
     Raw quantity (vision.md §5.2): the fraction of epochs at which the example is classified correctly
     (``np.argmax``: ties go to the lowest class index). Returned **negated**, range ``[−1, 0]``.
     """
-    p, y, finite = _probs_labels(probs, labels)
-    hit = (np.argmax(np.where(finite[..., None], p, 0.0), axis=-1) == y[None, :]).astype(np.float64)
-    return -_mean_over_finite_epochs(hit, finite)
+    return _event_proxy("binary_acc", probs, labels)
 
 
 for _f in (confidence_proxy, max_conf_proxy, neg_entropy_proxy, binary_acc_proxy):

@@ -222,6 +222,14 @@ def train_set(data: Any, indices: Any, augment: bool, seed: int) -> Any:
     return data.subset("train", indices)
 
 
+def original_spec(cfg: Any, data: Any, seed: int) -> dict:
+    """The cache spec of the original model of seed `seed` (every benchmark training on this data set with this model
+    and recipe shares it, e.g. the RUM pipeline reuses a model trained by `unlearnkit run digits`)."""
+    return versioned({"kind": "original", "dataset": cfg.dataset, "data_hash": data.hash, "model": cfg.model,
+                      "model_args": cfg.model_args, "recipe": to_dict(replace(cfg.train, seed=seed)), "seed": seed,
+                      **({"augment": True} if cfg.train_augment else {})})
+
+
 class _Runner:
     """Cached training and unlearning for one benchmark run."""
 
@@ -238,9 +246,7 @@ class _Runner:
 
         cfg, data = self.plan.config, self.plan.data
         recipe = replace(cfg.train, seed=seed)
-        spec = versioned({"kind": "original", "dataset": cfg.dataset, "data_hash": data.hash, "model": cfg.model,
-                          "model_args": cfg.model_args, "recipe": to_dict(recipe), "seed": seed,
-                          **({"augment": True} if cfg.train_augment else {})})
+        spec = original_spec(cfg, data, seed)
         model = build_model(cfg.model, seed=seed, input_shape=data.input_shape, num_classes=data.num_classes,
                             **cfg.model_args)
 

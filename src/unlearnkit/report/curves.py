@@ -136,3 +136,66 @@ def plot_tofu(rows: list[dict], run_dir: Path, stem: str) -> list[Path]:
         ax.legend(fontsize=7, loc="best")
         paths.append(_save(fig, Path(run_dir) / f"{stem}-tofu-curves.png"))
     return paths
+
+
+def plot_rum_groups(rows: list[dict], run_dir: Path, stem: str) -> list[Path]:
+    """RUM figure <stem>-rum-groups.png: ToW (top) and ToW-MIA (bottom) against the forget group (low -> high score,
+    then the whole forget set), mean over seeds with 95% t-interval error bars. One panel per method with its
+    vanilla / shuffle / RUM lines (and one for the named plans); a study of separate groups (vanilla only) is one
+    panel with a line per method. The original model ("do nothing") is the dashed grey line in every panel."""
+    from matplotlib.figure import Figure
+
+    from ..metrics.stats import t_interval
+
+    rows = [r for r in rows if isinstance(r.get("rum"), dict) and isinstance(r.get("groups"), dict)]
+    if not rows:
+        return []
+    groups = list(rows[0]["groups"])
+    kinds = {r["rum"]["kind"] for r in rows}
+    separate = not kinds & {"shuffle", "rum", "plan"}
+    if separate:
+        panels = {"methods": [r for r in rows if r["rum"]["kind"] == "vanilla"]}
+        line_of = lambda r: r["rum"]["method"]  # noqa: E731
+    else:
+        methods = list(dict.fromkeys(r["rum"]["method"] for r in rows if r["rum"]["kind"] in VARIANT_STYLE))
+        panels = {m: [r for r in rows if r["rum"]["method"] == m and r["rum"]["kind"] in VARIANT_STYLE]
+                  for m in methods}
+        if "plan" in kinds:
+            panels["plans"] = [r for r in rows if r["rum"]["kind"] == "plan"]
+        line_of = lambda r: r["rum"]["kind"] if r["rum"]["kind"] != "plan" else r["label"]  # noqa: E731
+    original = [r for r in rows if r["rum"]["kind"] == "original"]
+    ticks = [f"{g}\n{_group_caption(rows[0]['groups'][g])}" for g in groups]
+    with_all = any("tow" in r["metrics"] for r in rows)
+    xs = list(range(len(groups) + with_all))
+    fig = Figure(figsize=(4.2 * len(panels), 7.5))
+    for col, (title, members) in enumerate(panels.items()):
+        for row_i, (metric, name) in enumerate((("tow", "ToW"), ("tow_mia", "ToW-MIA"))):
+            ax = fig.add_subplot(2, len(panels), row_i * len(panels) + col + 1)
+            keys = [f"{metric}_{g}" for g in groups] + ([metric] if with_all else [])
+            for line in [*dict.fromkeys(line_of(r) for r in members), "original"]:
+                chosen = original if line == "original" else [r for r in members if line_of(r) == line]
+                ivs = [t_interval([r["metrics"][k] for r in chosen if _is_number(r["metrics"].get(k))]) for k in keys]
+                mean = [iv.mean for iv in ivs]
+                err = [iv.half_width if iv.n >= 2 and np.isfinite(iv.half_width) else 0.0 for iv in ivs]
+                style = {"color": "grey", "linestyle": "--"} if line == "original" else VARIANT_STYLE.get(line, {})
+                ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, label=line, **style)
+            ax.set_xticks(xs)
+            ax.set_xticklabels(ticks + (["all"] if with_all else []), fontsize=7)
+            ax.set_ylabel(f"{name} ↑ (1 = retrain)")
+            ax.set_title(f"{title}: {name}", fontsize=10)
+            if row_i == 0:
+                ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle("RUM: closeness to retraining per forget group (mean, 95% CI over seeds)")
+    fig.tight_layout()
+    return [_save(fig, Path(run_dir) / f"{stem}-rum-groups.png")]
+
+
+VARIANT_STYLE = {"vanilla": {"color": "#4C72B0"}, "shuffle": {"color": "#DD8452"}, "rum": {"color": "#55A868"}}
+
+
+def _group_caption(described: dict) -> str:
+    return f"score {described.get('score_mean', float('nan')):.2g}\nES {described.get('es', float('nan')):.2g}"
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)

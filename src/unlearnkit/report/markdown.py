@@ -57,6 +57,8 @@ _FIRST_LABELS = ("original", "retrain", "retain")
 NAN_MEANS = {"reach_step_forget1": "never", "retain_kl_at_reach": "never"}
 """Cell text of columns whose NaN means something (a step never reached) rather than 'not reported'."""
 
+_RUM_GROUPS = ("low", "mid", "high", *(f"g{i}" for i in range(1, 10)))
+
 # key -> (table header, one-line legend: formula and orientation)
 COLUMN_INFO: dict[str, tuple[str, str]] = {
     **{f"kl_retrain_{s}": (f"KL→retrain {s} ↓", f"mean token KL(p_retrain ‖ p_θ) on the {s} test sequences; "
@@ -85,6 +87,11 @@ COLUMN_INFO: dict[str, tuple[str, str]] = {
     "extraction_strength": ("ES", "extraction strength 1 − k*/n on the forget answers; target = the retain row"),
     "mia_min_k_auc": ("MinK AUC", "Min-K% attack AUC, forget vs holdout (1 = still looks memorised); target = the "
                       "retain row, not 0.5"),
+    # RUM: the same metrics on one forget group (low / mid / high score, or g1..gK) of the forget set
+    **{f"tow_{g}": (f"ToW {g} ↑", f"ToW with the forget-accuracy factor taken on the '{g}' group; 1 = identical to "
+                    "retrain, higher is better") for g in _RUM_GROUPS},
+    **{f"tow_mia_{g}": (f"ToW-MIA {g} ↑", f"ToW-MIA with the SVC-MIA factor taken on the '{g}' group; 1 = identical "
+                        "to retrain, higher is better") for g in _RUM_GROUPS},
     "forget_acc": (
         "forget acc",
         "accuracy (%) on the forget set; target = the retrain row (neither higher nor lower is "
