@@ -91,7 +91,7 @@ def test_refine_study_end_to_end_and_resume(home, tmp_path):
         m = row["metrics"]
         for g in ("low", "mid", "high"):
             assert 0.0 <= m[f"tow_{g}"] <= 1.0 and 0.0 <= m[f"tow_mia_{g}"] <= 1.0
-        assert set(row["groups"]) == {"low", "mid", "high"}
+        assert set(row["groups"]) == {"low", "mid", "high"} and row["group_order"] == ["low", "mid", "high"]
         if row["label"] == "retrain":
             assert m["tow"] == 1.0 and m["tow_low"] == 1.0 and m["disagreement"] == 0.0
     # groups: 20 each, ordered by the confidence score (higher = more memorised), ES recorded

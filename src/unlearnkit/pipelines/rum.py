@@ -456,8 +456,8 @@ def run_rum(cfg: RumConfig, *, cache: Any = None, say: Callable[[str], None] = p
         described = describe_groups(names, subsets, score, feats)
         say(f"[seed {seed}] groups by {cfg.score} ({cfg.forget}): " + ", ".join(
             f"{g} n={d['size']} score {d['score_mean']:.3g} ES {d['es']:.3g}" for g, d in described.items()))
-        base_row = {**common, "seed": seed, "groups": described, "score": {"name": cfg.score,
-                                                                            **to_dict(the_plan.score)}}
+        base_row = {**common, "seed": seed, "groups": described, "group_order": list(names),
+                    "score": {"name": cfg.score, **to_dict(the_plan.score)}}
 
         def emit(label: str, method: str, kind: str, m: Model, values: dict, params: dict, times: dict,
                  base_row: dict = base_row, seed: int = seed) -> None:

@@ -150,7 +150,7 @@ def plot_rum_groups(rows: list[dict], run_dir: Path, stem: str) -> list[Path]:
     rows = [r for r in rows if isinstance(r.get("rum"), dict) and isinstance(r.get("groups"), dict)]
     if not rows:
         return []
-    groups = list(rows[0]["groups"])
+    groups = rows[0].get("group_order") or list(rows[0]["groups"])  # low -> high (the JSON keys are sorted)
     kinds = {r["rum"]["kind"] for r in rows}
     separate = not kinds & {"shuffle", "rum", "plan"}
     if separate:
