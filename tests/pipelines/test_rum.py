@@ -125,7 +125,7 @@ def test_separate_study_on_es_groups(home, tmp_path):
     result = run("rum_digits", [*FAST, "seeds=[0]", "forget=es", "study=separate", "plans.full_rum=null",
                                 f"output_dir={out}"], say=lambda _: None)
     labels = [r["label"] for r in result.rows]
-    assert labels == ["original", "neggrad_plus/vanilla", "finetune/vanilla"]
+    assert labels == ["original", "retrain", "neggrad_plus/vanilla", "finetune/vanilla"]
     size = 1347 // 15
     groups = result.rows[0]["groups"]
     assert [groups[g]["size"] for g in ("low", "mid", "high")] == [size] * 3

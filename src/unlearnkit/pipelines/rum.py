@@ -459,69 +459,56 @@ def run_rum(cfg: RumConfig, *, cache: Any = None, say: Callable[[str], None] = p
         base_row = {**common, "seed": seed, "groups": described, "group_order": list(names),
                     "score": {"name": cfg.score, **to_dict(the_plan.score)}}
 
-        def emit(label: str, method: str, kind: str, m: Model, values: dict, params: dict, times: dict,
-                 base_row: dict = base_row, seed: int = seed) -> None:
-            row = {**base_row, "variant": _variant(cfg, params),
-                   "created": now(), "method": method, "label": label, "rum": {"kind": kind, "method": method},
-                   "params": params, "seeds": {"train": seed, "unlearn": seed, "eval": 0}, "metrics": values,
-                   "times": times, "cached": m.hit, "cache_key": m.key}
-            append_jsonl(out_dir / "results.jsonl", row)
-            result.rows.append(row)
-            result.cache_hits[f"{seed}/{label}"] = m.hit
-
-        ev_orig = outputs_of(original.model, data, runner.task, cfg.eval_batch_size)
-        if cfg.study == "refine":
-            forget = np.concatenate(subsets)
-            retain = np.setdiff1d(everything, forget)
-            views = {**dict(zip(names, subsets, strict=True)), "all": forget}
+        # One experiment per forget set: S with its groups as views (refine), or each group on its own (separate).
+        rows: dict[str, dict] = {}  # label -> what its row accumulates over the experiments
+        for forget, views, runs in experiments(cfg, the_plan, names, subsets, seed):
             gold = runner.gold(seed, forget, original)
             ev_gold = outputs_of(gold.model, data, runner.task, cfg.eval_batch_size)
-            shuffled = _shuffled(forget, len(subsets), seed)
-            trained = [("original", "original", "original", original, ev_orig, {}),
-                       ("retrain", "retrain", "retrain", gold, ev_gold, {})]
-            for v in (the_plan.variants if seed == cfg.seeds[0] else build_variants(cfg, seed)):
-                m = runner.run_variant(seed, v, shuffled if v.kind == "shuffle" else
-                                       ([forget] if v.kind == "vanilla" else subsets), original)
-                trained.append((v.label, v.base, v.kind, m, outputs_of(m.model, data, runner.task,
-                                                                         cfg.eval_batch_size), _params(v)))
-            for label, method, kind, m, ev, params in trained:
+            retain = np.setdiff1d(everything, forget)
+            models = [("original", "original", "original", original, {}), ("retrain", "retrain", "retrain", gold, {})]
+            models += [(v.label, v.base, v.kind, runner.run_variant(seed, v, parts, original), _params(v))
+                       for v, parts in runs]
+            for label, method, kind, m, params in models:
+                ev = ev_gold if kind == "retrain" else outputs_of(m.model, data, runner.task, cfg.eval_batch_size)
                 values = group_metrics(ev, ev_gold, data, views, retain)
-                times = {"train_s": m.seconds} if kind == "original" else \
-                    {"unlearn_s": m.seconds, "retrain_s": gold.seconds, "rte": m.seconds / max(gold.seconds, 1e-12)}
-                emit(label, method, kind, m, values, params, times)
-        else:  # separate: each group is its own forget set with its own gold
-            per_label: dict[str, tuple[str, str, Model, dict, dict, float, float]] = {}
-            for g, forget in zip(names, subsets, strict=True):
-                retain = np.setdiff1d(everything, forget)
-                gold = runner.gold(seed, forget, original)
-                ev_gold = outputs_of(gold.model, data, runner.task, cfg.eval_batch_size)
-                runs = [("original", "original", "original", original, ev_orig, {})]
-                for name in cfg.methods:
-                    v = Variant(f"{name}/vanilla", name, "vanilla",
-                                [Step(0, make_method(cfg, name, {}, seed, f"method.{name}"))])
-                    m = runner.run_variant(seed, v, [forget], original)
-                    runs.append((v.label, name, "vanilla", m, outputs_of(m.model, data, runner.task,
-                                                                         cfg.eval_batch_size), _params(v)))
-                for label, method, kind, m, ev, params in runs:
-                    values = group_metrics(ev, ev_gold, data, {g: forget}, retain)
+                if "all" not in views:  # separate: every value belongs to this group's experiment
+                    (g,) = views
                     values = {k if k.endswith(f"_{g}") else f"{k}_{g}": v for k, v in values.items()}
-                    prev = per_label.get(label)
-                    merged = {**(prev[3] if prev else {}), **values}
-                    unlearn = (prev[5] if prev else 0.0) + m.seconds
-                    gold_s = (prev[6] if prev else 0.0) + gold.seconds
-                    per_label[label] = (method, kind, m, merged, params, unlearn, gold_s)
-            for label, (method, kind, m, values, params, unlearn, gold_s) in per_label.items():
-                times = {"train_s": original.seconds} if kind == "original" else \
-                    {"unlearn_s": unlearn, "retrain_s": gold_s, "rte": unlearn / max(gold_s, 1e-12)}
-                emit(label, method, kind, m, values, params, times)
+                row = rows.setdefault(label, {"method": method, "kind": kind, "model": m, "params": params,
+                                              "metrics": {}, "seconds": 0.0, "retrain_s": 0.0, "hit": True})
+                row["metrics"].update(values)
+                row["seconds"] += m.seconds
+                row["retrain_s"] += gold.seconds
+                row["hit"] &= m.hit
+        for label, r in rows.items():
+            rte = r["seconds"] / max(r["retrain_s"], 1e-12)
+            times = {"train_s": original.seconds} if r["kind"] == "original" else \
+                {"unlearn_s": r["seconds"], "retrain_s": r["retrain_s"], "rte": rte}
+            row = {**base_row, "variant": _variant(cfg, r["params"]), "created": now(), "method": r["method"],
+                   "label": label, "rum": {"kind": r["kind"], "method": r["method"]}, "params": r["params"],
+                   "seeds": {"train": seed, "unlearn": seed, "eval": 0}, "metrics": r["metrics"], "times": times,
+                   "cached": r["hit"], "cache_key": r["model"].key}
+            append_jsonl(out_dir / "results.jsonl", row)
+            result.rows.append(row)
+            result.cache_hits[f"{seed}/{label}"] = r["hit"]
     result.report = build_report(out_dir)
     return result
 
 
-def _shuffled(forget: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+def experiments(cfg: RumConfig, the_plan: Plan, names: tuple[str, ...], subsets: list[np.ndarray],
+                seed: int) -> list[tuple[np.ndarray, dict[str, np.ndarray], list[tuple[Variant, list[np.ndarray]]]]]:
+    """(forget set, evaluation views, [(variant, the forget sets of its steps)]) of each experiment of a seed."""
     from ..data.refine import shuffle_split
 
-    return shuffle_split(forget, k, seed)
+    if cfg.study == "separate":
+        return [(s, {g: s}, [(Variant(f"{m}/vanilla", m, "vanilla", [Step(0, make_method(cfg, m, {}, seed, m))]), [s])
+                             for m in cfg.methods]) for g, s in zip(names, subsets, strict=True)]
+    forget = np.concatenate(subsets)
+    parts = {"vanilla": [forget], "shuffle": shuffle_split(forget, len(subsets), seed), "rum": subsets,
+             "plan": subsets}
+    variants = the_plan.variants if seed == cfg.seeds[0] else build_variants(cfg, seed)
+    return [(forget, {**dict(zip(names, subsets, strict=True)), "all": forget},
+             [(v, parts[v.kind]) for v in variants])]
 
 
 def _variant(cfg: RumConfig, params: dict) -> str:
