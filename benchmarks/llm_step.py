@@ -153,6 +153,7 @@ def run_once(method, model, data, task, acc, device) -> tuple[dict[str, list[flo
 def cpu_peak_bytes(run) -> int:
     """Peak bytes of torch's CPU allocator during `run()` (unlearnkit.testing.memory), stderr silenced."""
     from unlearnkit.testing.memory import cpu_peak_bytes as peak
+    from unlearnkit.testing.memory import quiet_stderr
 
     with quiet_stderr():
         try:
@@ -172,21 +173,6 @@ def peak_bytes(name: str, overrides: dict, model, data, task, acc, device) -> in
         sync(device)
         return torch.cuda.max_memory_allocated(device) - base
     return cpu_peak_bytes(lambda: method.unlearn(work, data, task, accelerator=acc))
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    """Silence file descriptor 2 (the profiler's C++ start / stop lines); Python exceptions still propagate."""
-    sys.stderr.flush()
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
 
 
 @contextlib.contextmanager

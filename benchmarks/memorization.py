@@ -74,7 +74,7 @@ from unlearnkit.metrics.scores import (
 from unlearnkit.models import build_model
 from unlearnkit.pipelines.classification import TrainRecipe, load_dataset, original_spec, warm_up_imports
 from unlearnkit.tasks import get_task
-from unlearnkit.testing.memory import cpu_peak_bytes
+from unlearnkit.testing.memory import cpu_peak_bytes, quiet_stderr
 
 DATASET, MODEL = "digits", "mlp"
 EVENTS = ("confidence", "max_conf", "neg_entropy", "binary_acc")
@@ -85,21 +85,6 @@ RAW = {"confidence": "mean p(y)", "max_conf": "mean max_k p_k", "neg_entropy": "
 
 def say(text: str) -> None:
     print(text, file=sys.stderr)
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    """Silence file descriptor 2 (the profiler's C++ start / stop lines); Python exceptions still propagate."""
-    sys.stderr.flush()
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
 
 
 def tracemalloc_peak(run) -> int:

@@ -3,7 +3,10 @@ torch.cuda.max_memory_allocated). Used by benchmarks/llm_step.py and the memory 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -27,3 +30,18 @@ def cpu_peak_bytes(run: Callable[[], Any]) -> int:
         level += e.nbytes()
         peak = max(peak, level)
     return peak
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (the profiler's C++ start / stop lines); Python exceptions still propagate."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
