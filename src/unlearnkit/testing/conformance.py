@@ -7,7 +7,9 @@ On a tiny model that has memorized its forget set, for every task kind the metho
 4. every returned weight is finite;
 5. the forget loss (mean per-example loss on the forget set) rises.
 A class-forgetting method (one that needs `data.forget_classes`) declares `toy_scenario = "class"` and is checked on
-the toy whose forget set is a whole class.
+the toy whose forget set is a whole class. A method that needs a particular classifier (MIMU's bias-free head)
+declares `toy_model = (registered builder, toy sizes)`, e.g. ("mlp_mimu", {"hidden": (32, 16)}), and is checked on
+that model trained on the same toy data.
 Third-party methods use it the same way: `check_method(MyMethod(...))`.
 """
 
@@ -65,7 +67,8 @@ def check_method(method: Any, *, tasks: tuple[str, ...] | None = None) -> list[C
     results = []
     for kind in kinds:
         task = get_task(kind)
-        original, data = memorized(kind, scenario=getattr(type(inst), "toy_scenario", "random"))
+        original, data = memorized(kind, scenario=getattr(type(inst), "toy_scenario", "random"),
+                                   model=getattr(type(inst), "toy_model", None))
         before = forget_loss(original, data, task)
         params, twin = to_dict(inst), copy.deepcopy(inst)
         where = f"{name} on {kind}"

@@ -51,9 +51,11 @@ def tiny_classification_data(seed: int = 0, n_per_class: int = 40, n_forget: int
                        test=TensorDataset(x_test, y_test), num_classes=N_CLASSES)
 
 
-def tiny_classifier(seed: int = 0) -> nn.Module:
-    """The registered `mlp` at toy size: 8 -> 32 -> 4."""
-    return build_model("mlp", seed=seed, input_shape=(N_FEATURES,), num_classes=N_CLASSES, hidden=(32,))
+def tiny_classifier(seed: int = 0, name: str = "mlp", **sizes) -> nn.Module:
+    """A registered classifier on the toy data: by default the `mlp` at toy size, 8 -> 32 -> 4; another builder
+    `name` with its `sizes` (e.g. name="mlp_mimu", hidden=(32, 16))."""
+    sizes = sizes or ({"hidden": (32,)} if name == "mlp" else {})
+    return build_model(name, seed=seed, input_shape=(N_FEATURES,), num_classes=N_CLASSES, **sizes)
 
 
 class _Block(nn.Module):
@@ -152,10 +154,12 @@ class _Both(Dataset):
         return item if self.keys is None else {k: item[k] for k in self.keys}
 
 
-@lru_cache(maxsize=4)
-def _memorized(kind: str, seed: int, scenario: str) -> tuple[nn.Module, UnlearnData]:
+@lru_cache(maxsize=8)
+def _memorized(kind: str, seed: int, scenario: str, model_name: str = "mlp",
+               sizes: tuple[tuple[str, object], ...] = ()) -> tuple[nn.Module, UnlearnData]:
     if kind == "classifier":
-        model, data = tiny_classifier(seed), tiny_classification_data(seed, scenario=scenario)
+        model = tiny_classifier(seed, model_name, **dict(sizes))
+        data = tiny_classification_data(seed, scenario=scenario)
         recipe = LoopParams(lr=0.01, epochs=150, batch_size=32, optimizer="adam", weight_decay=0.0, seed=seed)
     elif scenario != "random":
         raise ValueError(f"scenario='{scenario}': the toy causal LM has only the random scenario")
@@ -166,8 +170,14 @@ def _memorized(kind: str, seed: int, scenario: str) -> tuple[nn.Module, UnlearnD
     return model.eval(), data
 
 
-def memorized(kind: str = "classifier", seed: int = 0, scenario: str = "random") -> tuple[nn.Module, UnlearnData]:
+def memorized(kind: str = "classifier", seed: int = 0, scenario: str = "random",
+              model: tuple[str, dict] | None = None) -> tuple[nn.Module, UnlearnData]:
     """(an original model trained on its forget set, the data) for task kind `kind`; a fresh copy each call.
-    scenario="random" (memorized wrong labels) or "class" (classifier only: forget every example of class 0)."""
-    model, data = _memorized(kind, seed, scenario)
-    return copy.deepcopy(model), data
+    scenario="random" (memorized wrong labels) or "class" (classifier only: forget every example of class 0).
+    model: (registered classifier builder, its toy sizes) in place of the toy `mlp`, e.g. ("mlp_mimu",
+    {"hidden": (32, 16)}) for a method that needs a particular architecture (classifier only)."""
+    if model is not None and kind != "classifier":
+        raise ValueError(f"model={model!r}: only the classifier toy takes another model")
+    name, sizes = model or ("mlp", {})
+    original, data = _memorized(kind, seed, scenario, name, tuple(sorted(sizes.items())))
+    return copy.deepcopy(original), data
