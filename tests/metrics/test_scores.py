@@ -351,6 +351,34 @@ def test_file_score_reads_npz_by_key_and_rejects_a_wrong_length(home, tmp_path):
         compute_score(SCORES.create("file", path=str(tmp_path / "missing.npy")), ctx)
 
 
+def test_file_score_checks_the_labels_it_was_computed_for(home, tmp_path):
+    ctx = context(ModelCache(), None)
+    path = tmp_path / "mem.npz"
+    values = np.linspace(-1, 1, N)
+    np.savez(path, tr_mem=values, tr_labels=DATA.y_train)
+    np.testing.assert_array_equal(
+        compute_score(SCORES.create("file", path=str(path), key="tr_mem", labels_key="tr_labels"), ctx), values)
+    other = DATA.y_train.copy()
+    other[[0, 5]] = (other[[0, 5]] + 1) % 10  # as if the file listed the examples in another order
+    np.savez(path, tr_mem=values, tr_labels=other)
+    with pytest.raises(ValueError, match=r"\['tr_labels'\]: the labels differ from the training labels of 'digits' "
+                                         r"at 2 of \d+ examples \(first: \[0, 5\]\)"):
+        compute_score(SCORES.create("file", path=str(path), key="tr_mem", labels_key="tr_labels"), ctx)
+
+
+def test_exact_can_estimate_with_another_architecture(home):
+    from unlearnkit.metrics.scores import Exact
+
+    ctx = exact_context(ModelCache(), epochs=2, say=lambda _: None)
+    same = Exact(k=2, model=None)
+    other = Exact(k=2, model="cnn", model_args={})
+    assert same.estimator_model(ctx) == (ctx.model, ctx.model_args)
+    assert other.estimator_model(ctx) == ("cnn", {})
+    jobs = other.jobs(ctx, mem.subset_masks(N, 2, 0.7, 0))
+    assert {j.kwargs["model"] for j in jobs} == {"cnn"} and {j.spec["model"] for j in jobs} == {"cnn"}
+    assert {j.key for j in jobs}.isdisjoint(j.key for j in same.jobs(ctx, mem.subset_masks(N, 2, 0.7, 0)))
+
+
 def test_exact_rejects_bad_k_and_fraction_naming_the_value(home):
     from unlearnkit.metrics.scores import Exact
 
