@@ -434,13 +434,17 @@ class File:
     def mid_target(self) -> float | str:
         return self.mid
 
-    def cache_spec(self, ctx: ScoreContext) -> dict[str, Any]:
+    def check(self) -> None:
+        """Before any training (the pipelines call it while validating): the file must exist."""
         from pathlib import Path
-
-        from .._io import sha256_file
 
         if not Path(self.path).is_file():
             raise FileNotFoundError(f"score.file: path {self.path!r} is not a file")
+
+    def cache_spec(self, ctx: ScoreContext) -> dict[str, Any]:
+        from .._io import sha256_file
+
+        self.check()
         return {"file_sha256": sha256_file(self.path)}
 
     def compute(self, ctx: ScoreContext) -> np.ndarray:

@@ -202,7 +202,9 @@ def plan(cfg: RumConfig) -> Plan:
                               f"{', '.join(SCORES.list())}")
     try:
         score = SCORES.create(cfg.score, **cfg.score_args.get(cfg.score, {}))
-    except (TypeError, ValueError) as err:
+        if hasattr(score, "check"):  # e.g. the score file exists: not after hours of training
+            score.check()
+    except (TypeError, ValueError, FileNotFoundError) as err:
         raise ConfigError(f"score_args for score '{cfg.score}': {err}") from None
     for name in [*cfg.methods, *cfg.method]:
         if name not in METHODS:
