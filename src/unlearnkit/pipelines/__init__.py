@@ -59,7 +59,7 @@ def run(preset: str = "digits", overrides: Sequence[str] = (), **kwargs: Any) ->
 
 
 def _register_builtins() -> None:
-    from . import classification, markov, rum, tofu  # noqa: F401
+    from . import classification, markov, mimu, rum, tofu  # noqa: F401
 
 
 _register_builtins()

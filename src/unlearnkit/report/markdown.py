@@ -152,6 +152,16 @@ COLUMN_INFO: dict[str, tuple[str, str]] = {
         "Avg.Gap = mean |m_u − m_r| over UA, retain acc, test acc and MIA-efficacy (all in %); "
         "0 = identical to retrain, lower is better",
     ),
+    # MIMU (specs/mimu.md §8): on the TEST images of the forget class (forget) and of the other classes (retain)
+    "forget_score": ("forget score", "accuracy (%) on the test images of the forget class; lower = more forgotten"),
+    "retain_score": ("retain score ↑", "accuracy (%) on the test images of the other classes; higher is better"),
+    "forget_loss": ("forget loss", "cross-entropy over all test images of the forget class (sample-weighted); "
+                    "higher = more forgotten"),
+    "retain_loss": ("retain loss ↓", "cross-entropy over all test images of the other classes; lower is better"),
+    "forget_prob": ("forget-class prob", "mean softmax probability of the forget class on its test images; lower = "
+                    "more forgotten"),
+    "num_forget_specific": ("#forget-specific", "MIMU: weights with s > 0 (needed by the forget class's top-K mask "
+                            "more than by the others'); κ beyond it zeroes weights ranked by s_soft alone"),
     "unlearn_s": ("time (s)", "wall-clock seconds spent by the method's unlearning step (`times.unlearn_s`)"),
     "retrain_s": ("retrain (s)", "wall-clock seconds to retrain from scratch on the retain set"),
     "rte": (
@@ -472,8 +482,9 @@ def _legend(columns: Sequence[str]) -> list[str]:
 
 
 def _benchmark_tags(benchmark: str) -> dict:
-    """The registered benchmark's report hooks: `columns` (its table columns) and `figures` (a function
-    (rows, run_dir, stem) -> [PNG paths] drawing its own figures, e.g. the Markov curves). Unknown -> {}."""
+    """The registered benchmark's report hooks: `columns` (its table columns), `figures` (a function
+    (rows, run_dir, stem) -> [PNG paths] drawing its own figures, e.g. the Markov curves) and `sections` (a function
+    (rows, run_dir, stem) -> Markdown placed under the group's table, e.g. MIMU's per-κ comparison). Unknown -> {}."""
     from unlearnkit._registry import BENCHMARKS
 
     return BENCHMARKS.get(benchmark).tags if benchmark in BENCHMARKS else {}
@@ -489,7 +500,8 @@ def build_report(run_dir: str | Path, *, columns: Sequence[str] | None = None) -
     """Rebuild ``<run_dir>/report.md`` (and the PNGs) from ``<run_dir>/results.jsonl``.
 
     Columns: ``columns`` if given, else the benchmark's registered columns, else ``DEFAULT_COLUMNS``. The ToW
-    summary figure is drawn for groups that report ToW; a benchmark's `figures` hook adds its own figures.
+    summary figure is drawn for groups that report ToW; a benchmark's `figures` hook adds its own figures and its
+    `sections` hook its own Markdown under the table.
     Raises ``ValueError`` when the file is missing or holds no rows.  Returns the report path.
     """
     run_dir = Path(run_dir)
@@ -530,6 +542,8 @@ def build_report(run_dir: str | Path, *, columns: Sequence[str] | None = None) -
         hook = _benchmark_tags(benchmark).get("figures")
         if hook is not None:
             images += [Path(p).name for p in hook(group_rows, run_dir, candidate)]
+        sections = _benchmark_tags(benchmark).get("sections")
+        extra = sections(group_rows, run_dir, candidate).strip("\n") if sections is not None else ""
         seeds = _sorted_unique(r.get("seed") for r in group_rows)
         ns = sorted({r.n for r in srows})
         n_text = (
@@ -544,6 +558,7 @@ def build_report(run_dir: str | Path, *, columns: Sequence[str] | None = None) -
             "",
             f"{n_text}; seeds: {', '.join(str(s) for s in seeds) or MISSING}.",
             "",
+            *([extra, ""] if extra else []),
             *[f"![{heading}]({img})\n" for img in images],
         ]
     legend_columns = list(dict.fromkeys(c for cols in group_columns.values() for c in cols))
