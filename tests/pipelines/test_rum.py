@@ -66,7 +66,8 @@ def test_group_metrics_match_the_formulas():
     ref = R.Outputs(rng.normal(size=(60, 3)), rng.normal(size=(30, 3)))
     low, high = np.arange(0, 10), np.arange(10, 20)
     retain = np.arange(20, 60)
-    got = R.group_metrics(out, ref, Data, {"low": low, "high": high, "all": np.arange(20)}, retain)
+    views = {"low": low, "high": high, "all": np.arange(20)}
+    got = R.group_metrics(out, R.reference_evaluations(ref, Data, views, retain), Data, views, retain)
 
     def accs(o, forget):
         return {"forget": accuracy(o.train[forget], Data.y_train[forget]),

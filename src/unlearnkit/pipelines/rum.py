@@ -309,23 +309,34 @@ def outputs_of(model: Any, data: Any, task: Any, batch_size: int) -> Outputs:
     return Outputs(train, predict(model, data.subset("test", np.arange(len(data.y_test))), task, batch_size)[0])
 
 
-def group_metrics(out: Outputs, ref: Outputs, data: Any, views: dict[str, np.ndarray],
+def _evaluation(o: Outputs, data: Any, forget: np.ndarray, retain: np.ndarray) -> Any:
+    from ..metrics.evaluate import Evaluation
+
+    return Evaluation({"forget": o.train[forget], "retain": o.train[retain], "test": o.test},
+                      {"forget": data.y_train[forget], "retain": data.y_train[retain], "test": data.y_test})
+
+
+def reference_evaluations(ref: Outputs, data: Any, views: dict[str, np.ndarray], retain: np.ndarray) -> dict[str, Any]:
+    """The retrained model's accuracy and SVC MIA per view, computed once per experiment (every model reads them)."""
+    from ..metrics.evaluate import evaluate
+
+    out = {}
+    for name, forget in views.items():
+        out[name] = _evaluation(ref, data, forget, retain)
+        evaluate(out[name], EVAL_METRICS[:2])
+    return out
+
+
+def group_metrics(out: Outputs, refs: dict[str, Any], data: Any, views: dict[str, np.ndarray],
                   retain: np.ndarray) -> dict[str, float]:
     """The registered accuracy / SVC-MIA / ToW metrics for each forget view (name -> training indices) with the
-    retain set `retain`: keys `<metric>_<view>`, unsuffixed for the view named "all"."""
-    from ..metrics.evaluate import Evaluation, evaluate
-
-    y, yt = data.y_train, data.y_test
-
-    def evaluation(o: Outputs, forget: np.ndarray) -> Evaluation:
-        return Evaluation({"forget": o.train[forget], "retain": o.train[retain], "test": o.test},
-                          {"forget": y[forget], "retain": y[retain], "test": yt})
+    retain set `retain`, against `refs` (reference_evaluations): keys `<metric>_<view>`, unsuffixed for the view named
+    "all"."""
+    from ..metrics.evaluate import evaluate
 
     values: dict[str, float] = {}
     for name, forget in views.items():
-        ref_ev = evaluation(ref, forget)
-        evaluate(ref_ev, EVAL_METRICS[:2])
-        got = evaluate(evaluation(out, forget), EVAL_METRICS, ref=ref_ev)
+        got = evaluate(_evaluation(out, data, forget, retain), EVAL_METRICS, ref=refs[name])
         suffix = "" if name == "all" else f"_{name}"
         keys = ("forget_acc", "mia_svc", "tow", "tow_mia", "disagreement")
         values.update({f"{k}{suffix}": got[k] for k in keys})
@@ -467,12 +478,13 @@ def run_rum(cfg: RumConfig, *, cache: Any = None, say: Callable[[str], None] = p
             gold = runner.gold(seed, forget, original)
             ev_gold = outputs_of(gold.model, data, runner.task, cfg.eval_batch_size)
             retain = np.setdiff1d(everything, forget)
+            refs = reference_evaluations(ev_gold, data, views, retain)
             models = [("original", "original", "original", original, {}), ("retrain", "retrain", "retrain", gold, {})]
             models += [(v.label, v.base, v.kind, runner.run_variant(seed, v, parts, original), _params(v))
                        for v, parts in runs]
             for label, method, kind, m, params in models:
                 ev = ev_gold if kind == "retrain" else outputs_of(m.model, data, runner.task, cfg.eval_batch_size)
-                values = group_metrics(ev, ev_gold, data, views, retain)
+                values = group_metrics(ev, refs, data, views, retain)
                 if "all" not in views:  # separate: every value belongs to this group's experiment
                     (g,) = views
                     values = {k if k.endswith(f"_{g}") else f"{k}_{g}": v for k, v in values.items()}
