@@ -37,7 +37,7 @@ import numpy as np
 from .._io import append_jsonl, content_hash
 from .._registry import BENCHMARKS, DATASETS, METHODS, MODELS, SCORES
 from ..config import ConfigError, param, to_dict
-from ._stages import RunResult, now, start_run, unlearn_cached
+from ._stages import RunResult, Stage, now, start_run, unlearn_cached
 from .classification import TrainRecipe, check_model, load_dataset, original_spec, train_set, warm_up_imports
 
 GROUP_NAMES = {1: ("all",), 2: ("low", "high"), 3: ("low", "mid", "high")}
@@ -347,16 +347,6 @@ def group_metrics(out: Outputs, refs: dict[str, Any], data: Any, views: dict[str
 # --------------------------------------------------------------------------------------------- run
 
 
-@dataclass
-class Model:
-    """A model of the run and where it came from."""
-
-    model: Any
-    key: str
-    seconds: float
-    hit: bool
-    meta: dict = field(default_factory=dict)
-
 
 class _Runner:
     """Cached training, scoring and unlearning for one RUM run."""
@@ -374,7 +364,7 @@ class _Runner:
         return build_model(self.cfg.model, seed=seed, input_shape=self.data.input_shape,
                            num_classes=self.data.num_classes, **self.cfg.model_args)
 
-    def original(self, seed: int) -> tuple[Model, Any]:
+    def original(self, seed: int) -> tuple[Stage, Any]:
         from ..metrics.scores import original_with_record
 
         cfg = self.cfg
@@ -386,9 +376,9 @@ class _Runner:
             replace(cfg.train, seed=seed), options, say=self.say, curvature_data=plain)
         self.say(f"[seed {seed}] original: {'loaded from cache' if hit else 'trained'} ({meta['train_time_s']:.1f}s, "
                  f"cache key {key})")
-        return Model(model.eval(), key, meta["train_time_s"], hit, meta), record
+        return Stage("original", model.eval(), {**meta, "seconds": meta["train_time_s"]}, hit, key), record
 
-    def score(self, seed: int, original: Model, record: Any) -> np.ndarray:
+    def score(self, seed: int, original: Stage, record: Any) -> np.ndarray:
         from ..metrics.scores import ScoreContext, compute_score
 
         cfg = self.cfg
@@ -404,7 +394,7 @@ class _Runner:
         return Split("random", seed, self.data.hash, np.sort(forget).astype(np.int64), np.sort(retain).astype(np.int64),
                      np.arange(len(self.data.y_test), dtype=np.int64))
 
-    def gold(self, seed: int, forget: np.ndarray, base: Model) -> Model:
+    def gold(self, seed: int, forget: np.ndarray, base: Stage) -> Stage:
         """Retrain from scratch on D \\ forget with the original recipe (cached)."""
         cfg = self.cfg
         split = self.split(seed, forget, np.setdiff1d(np.arange(len(self.data.y_train)), forget))
@@ -418,9 +408,9 @@ class _Runner:
         model, meta, hit, key = unlearn_cached(self.cache, spec, self.fresh(seed), method, udata, self.task)
         self.say(f"[seed {seed}] retrain on {len(split.retain)} examples: "
                  f"{'loaded from cache' if hit else 'done'} ({meta['unlearn_time_s']:.1f}s)")
-        return Model(model, key, meta["unlearn_time_s"], hit, meta)
+        return Stage("retrain", model, {**meta, "seconds": meta["unlearn_time_s"]}, hit, key)
 
-    def run_variant(self, seed: int, variant: Variant, subsets: list[np.ndarray], base: Model) -> Model:
+    def run_variant(self, seed: int, variant: Variant, subsets: list[np.ndarray], base: Stage) -> Stage:
         """The variant's steps in order, each cached on the previous one (a restarted run resumes mid-variant)."""
         from ..data.refine import retain_sets
 
@@ -436,12 +426,12 @@ class _Runner:
                     "params": to_dict(step.method), "split": split.hash}
             model, meta, hit, key = unlearn_cached(self.cache, spec, current.model, step.method,
                                                    self.data.unlearn_data(split), self.task)
-            current = Model(model, key, 0.0, hit)
+            current = Stage(variant.label, model, meta, hit, key)
             seconds += meta["unlearn_time_s"]
             hits.append(hit)
         self.say(f"[seed {seed}] {variant.label}: {'loaded from cache' if hits and all(hits) else 'done'} "
                  f"({seconds:.2f}s, {sum(s.method is not None for s in variant.steps)} step(s))")
-        return Model(current.model, current.key, seconds, bool(hits) and all(hits))
+        return Stage(variant.label, current.model, {"seconds": seconds}, bool(hits) and all(hits), current.key)
 
 
 def run_rum(cfg: RumConfig, *, cache: Any = None, say: Callable[[str], None] = print) -> RunResult:
@@ -491,12 +481,12 @@ def run_rum(cfg: RumConfig, *, cache: Any = None, say: Callable[[str], None] = p
                 row = rows.setdefault(label, {"method": method, "kind": kind, "model": m, "params": params,
                                               "metrics": {}, "seconds": 0.0, "retrain_s": 0.0, "hit": True})
                 row["metrics"].update(values)
-                row["seconds"] += m.seconds
-                row["retrain_s"] += gold.seconds
+                row["seconds"] += m.meta["seconds"]
+                row["retrain_s"] += gold.meta["seconds"]
                 row["hit"] &= m.hit
         for label, r in rows.items():
             rte = r["seconds"] / max(r["retrain_s"], 1e-12)
-            times = {"train_s": original.seconds} if r["kind"] == "original" else \
+            times = {"train_s": original.meta["seconds"]} if r["kind"] == "original" else \
                 {"unlearn_s": r["seconds"], "retrain_s": r["retrain_s"], "rte": rte}
             row = {**base_row, "variant": _variant(cfg, r["params"]), "created": now(), "method": r["method"],
                    "label": label, "rum": {"kind": r["kind"], "method": r["method"]}, "params": r["params"],
