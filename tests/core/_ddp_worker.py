@@ -3,6 +3,7 @@
 argv: OUT [diverge]. With `diverge`, rank 1's loss becomes NaN at step 3: both ranks must stop together."""
 
 import json
+import os
 import sys
 import warnings
 
@@ -40,3 +41,6 @@ result = {"rank": acc.process_index, "world": acc.num_processes, "steps": steps,
 with open(sys.argv[1] + f".{acc.process_index}", "w") as fh:
     json.dump(result, fh)
 acc.end_training()  # shut the process group down before exit (an exit without it can abort the process)
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)  # no interpreter teardown: a gloo thread still joinable there can abort a finished rank (SIGABRT)
