@@ -42,6 +42,7 @@ from .._io import append_jsonl, atomic_write_json, content_hash
 from .._registry import BENCHMARKS, DATASETS, METHODS, MODELS
 from ..config import ConfigError, param, to_dict
 from ._stages import RunResult, Stage, now, start_run, unlearn_cached, versioned
+from ._tracking import Tracker, Tracking, check_tracking
 from .classification import TrainRecipe, load_dataset, original_spec, resolve_classes, warm_up_imports
 
 BASELINES = ("random_mask", "sft_randomize")
@@ -65,16 +66,6 @@ class MimuRecipe(TrainRecipe):
     optimizer: Literal["sgd", "adam", "adamw"] = param("adamw", help="optimiser")
     weight_decay: float = param(0.01, ge=0, help="weight decay (torch's AdamW default)")
     schedule: Literal["constant", "cosine", "linear"] = param("constant", help="learning-rate schedule")
-
-
-@dataclass
-class Tracking:
-    """Optional experiment tracking through accelerate's trackers (off by default)."""
-
-    logger: str = param("none", help="none, or an accelerate tracker: tensorboard, mlflow, trackio, wandb, aim, "
-                                     "comet_ml, clearml, dvclive, swanlab (its package must be installed)")
-    project_dir: str | None = param(None, help="where local trackers write (None: <output_dir>/tracking)")
-    project_name: str = param("unlearnkit-mimu", help="the tracker's project / experiment name")
 
 
 @dataclass
@@ -149,23 +140,6 @@ def _counts(values: list[Any], key: str, num_weights: int, minimum: int) -> list
             raise ConfigError(f"{key}={values}: {value!r} gives {count} weights, as an earlier value does")
         out.append(count)
     return out
-
-
-def check_tracking(tracking: Tracking) -> None:
-    """`none` or an accelerate tracker whose package is installed (accelerate would otherwise skip it silently)."""
-    if tracking.logger == "none":
-        return
-    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
-    from accelerate.utils import LoggerType
-
-    if tracking.logger not in LOGGER_TYPE_TO_CLASS:
-        raise ConfigError(f"tracking.logger='{tracking.logger}' is not an accelerate tracker; allowed: none, "
-                          f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
-    builtin = {str(t) for t in LoggerType}
-    available = {str(t) for t in get_available_trackers()}
-    if tracking.logger in builtin and tracking.logger not in available:
-        raise ConfigError(f"tracking.logger='{tracking.logger}': its package is not installed (pip install "
-                          f"{tracking.logger}); installed trackers: {', '.join(sorted(available)) or 'none'}")
 
 
 def _methods(cfg: MimuConfig) -> tuple[Any, dict[str, Any]]:
@@ -304,42 +278,6 @@ def read_experiments(path: str | Path) -> list[dict[str, Any]]:
             if "maked_layer" in record:
                 record = {("masked_layer" if k == "maked_layer" else k): v for k, v in record.items()}
             out.append(record)
-    return out
-
-
-# --------------------------------------------------------------------------------------------- tracking
-
-
-class Tracker:
-    """accelerate's trackers (`Accelerator(log_with=..., project_dir=...)`), or nothing for logger=none."""
-
-    def __init__(self, tracking: Tracking, out_dir: Path, config: dict[str, Any]) -> None:
-        self.accelerator = None
-        if tracking.logger == "none":
-            return
-        from accelerate import Accelerator
-
-        project_dir = tracking.project_dir or str(out_dir / "tracking")
-        self.accelerator = Accelerator(log_with=tracking.logger, project_dir=project_dir)
-        self.accelerator.init_trackers(tracking.project_name, config=_flat(config))
-
-    def log(self, values: dict[str, float], step: int) -> None:
-        if self.accelerator is not None:
-            self.accelerator.log({k: v for k, v in values.items() if v is not None}, step=step)
-
-    def end(self) -> None:
-        if self.accelerator is not None:
-            self.accelerator.end_training()
-
-
-def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config -> {"a.b": scalar}: trackers store only str / int / float / bool hyperparameters."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value if isinstance(value, str | int | float | bool) else json.dumps(value)
     return out
 
 
