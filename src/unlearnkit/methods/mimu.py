@@ -36,7 +36,7 @@ from ._mimu_capture import Capture, capture_layer
 from ._mimu_graph import PRIORS, SAMPLERS, MaskGCN, log_prior, mimu_loss, node_features, relaxed_topk
 from ._mimu_masks import Target, _resolve, apply_mask, forget_mask, pure_class_mask
 
-__all__ = ["MIMU", "apply_mask", "class_logits", "forget_mask", "graph_batches", "pure_class_mask",
+__all__ = ["MIMU", "apply_mask", "class_logits", "forget_mask", "graph_batches", "load_samples", "pure_class_mask",
            "representatives", "train_gcn"]
 
 PAPER = "MIMU, zxjrsch/machine-unlearning (no paper; shared/specs/mimu.md)"
@@ -158,12 +158,15 @@ def _labels(dataset: Dataset) -> Tensor:
         return dataset.tensors[1].reshape(-1).long().cpu()
     if isinstance(dataset, ImageSubset):
         return torch.from_numpy(dataset.y[dataset.indices].astype(np.int64))
-    return torch.cat([batch[1].reshape(-1) for batch in DataLoader(dataset, batch_size=1024)]).long()
+    from ..tasks import get_task
+    from ._relabel import labels_of
+
+    return labels_of(get_task("classifier"), dataset)
 
 
-def _load(dataset: Dataset, index: Tensor) -> tuple[Tensor, Tensor]:
-    """(x [S, ...], y [S]) of the items at `index`, in that order."""
-    batches = list(DataLoader(Subset(dataset, index.tolist()), batch_size=1024))
+def load_samples(dataset: Dataset, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(x [S, ...], y [S]) of the items at `index` in that order (None: the whole data set), for the stages."""
+    batches = list(DataLoader(dataset if index is None else Subset(dataset, index.tolist()), batch_size=1024))
     return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]).long()
 
 
@@ -246,11 +249,11 @@ class MIMU:
         train = ConcatDataset([data.retain, data.forget])
         labels = torch.cat([_labels(data.retain), _labels(data.forget)])                  # [|D|]
         g = torch.Generator().manual_seed(self.seed)
-        graph_x, graph_y = _load(train, torch.randperm(len(train), generator=g)[:self.graph_samples])
+        graph_x, graph_y = load_samples(train, torch.randperm(len(train), generator=g)[:self.graph_samples])
         gcn, self.gcn_losses_ = train_gcn(model, target.layer, graph_x, graph_y, top_k=target.top_k,
                                           **self.gcn_options())
         chosen = torch.cat(representatives(labels, target.num_classes, self.n_representatives, seed=self.seed))
-        rep_x, rep_y = _load(train, chosen)
+        rep_x, rep_y = load_samples(train, chosen)
         logits = class_logits(gcn, model, target.layer, rep_x, rep_y, n_representatives=self.n_representatives,
                               seed=None, batch_size=self.batch_size)                      # all of them, in order
         keep, info = forget_mask(logits, target.forget_class, top_k=target.top_k, kappa=target.kappa,

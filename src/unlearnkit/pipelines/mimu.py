@@ -284,15 +284,6 @@ def read_experiments(path: str | Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------- stages
 
 
-def _load(dataset: Any) -> tuple[Any, Any]:
-    """(x [S, ...], y [S]) of a whole (small) data set, in order."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    batches = list(DataLoader(dataset, batch_size=1024))
-    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]).long()
-
-
 class _Runner:
     """Cached stages of one MIMU run (module docstring)."""
 
@@ -349,7 +340,7 @@ class _Runner:
 
         from ..cache import spec_key
         from ..methods._mimu_graph import MaskGCN
-        from ..methods.mimu import train_gcn
+        from ..methods.mimu import load_samples, train_gcn
 
         options = {**self.plan.mimu.gcn_options(), "seed": seed}
         spec = versioned({"kind": "mimu_gcn", "classifier": clf.key, "layer": self.plan.layer, "top_k": top_k,
@@ -357,7 +348,7 @@ class _Runner:
         key = spec_key(spec)
 
         def build() -> dict[str, Any]:
-            x, y = _load(self.data.subset("train", graph[0]))
+            x, y = load_samples(self.data.subset("train", graph[0]))
             start = time.perf_counter()
             trained, losses = train_gcn(clf.model, self.plan.layer, x, y, top_k=top_k, **options)
             return {**{f"gcn.{k}": v for k, v in trained.state_dict().items()},
@@ -380,7 +371,7 @@ class _Runner:
                      reps: tuple[np.ndarray, str]) -> tuple[Any, Stage]:
         """z̄ [C, N] of one K (cached)."""
         from ..cache import spec_key
-        from ..methods.mimu import class_logits
+        from ..methods.mimu import class_logits, load_samples
 
         mimu = self.plan.mimu
         spec = versioned({"kind": "mimu_class_logits", "gcn": gcn_stage.key, "representatives": reps[1],
@@ -388,7 +379,7 @@ class _Runner:
         key = spec_key(spec)
 
         def build() -> dict[str, Any]:
-            x, y = _load(self.data.subset("train", reps[0]))
+            x, y = load_samples(self.data.subset("train", reps[0]))
             return {"class_logits": class_logits(gcn, clf.model, self.plan.layer, x, y,
                                                  n_representatives=mimu.n_representatives, seed=None,
                                                  batch_size=mimu.batch_size)}
